@@ -1,0 +1,42 @@
+# The two set-up commands: `make demo` (no services needed) and `make test` (installs and starts
+# everything the suite needs). Everything else here is a building block of those two.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+VELO := $(VENV)/bin/velo
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv system-deps services-up services-down lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VELO) demo
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+services-up: venv
+	$(VELO) services up
+
+services-down:
+	-$(VELO) services down
+
+test: system-deps venv
+	bash scripts/run-tests.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: venv
+	$(VENV)/bin/pip install -q -r bench/requirements.txt
+	$(VENV)/bin/python -m bench.replay
+
+clean:
+	rm -rf $(VENV) .data

@@ -1,0 +1,1 @@
+"""Edges of the system: files, Kafka, databases, Redis, Betfair's servers, local services."""

@@ -1,0 +1,27 @@
+"""Shared fixtures: where the shared real data lives, and skips when it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BETFAIR_DIR = SHARED_DATA / "betfair"
+HKJC_DIR = SHARED_DATA / "racing" / "hkjc"
+
+pytest_plugins = ["tests.service_fixtures"]
+
+
+@pytest.fixture(scope="session")
+def betfair_dir() -> Path:
+    if not BETFAIR_DIR.is_dir():
+        pytest.skip(f"shared Betfair data not found at {BETFAIR_DIR}")
+    return BETFAIR_DIR
+
+
+@pytest.fixture(scope="session")
+def hkjc_dir() -> Path:
+    if not HKJC_DIR.is_dir():
+        pytest.skip(f"shared HKJC data not found at {HKJC_DIR}")
+    return HKJC_DIR

@@ -1,0 +1,1 @@
+"""Fixtures for the real services (PostgreSQL, Kafka, Redis) that `make test` starts."""
