@@ -1,0 +1,154 @@
+"""Turn the training frame (one row per starter) into race-blocked numpy arrays, with checks.
+
+The frame comes from `models.features.build_training_frame`. Races that cannot be scored
+honestly are dropped and counted by reason (never silently): a runner without usable win odds
+(the market probability would be undefined), non-finite feature values, no recorded winner
+(e.g. a voided race), or fewer than two runners (nothing to rank).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from models.segments import FloatArray, RaceBlocks
+
+REQUIRED_COLUMNS = ("race_id", "race_date", "runner_id", "won", "win_odds")
+RESULT_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class RaceSet:
+    """Runners of many races, grouped race after race in time order."""
+
+    feature_names: tuple[str, ...]
+    races: RaceBlocks
+    race_ids: npt.NDArray[np.str_]
+    race_dates: npt.NDArray[np.datetime64]
+    runner_ids: npt.NDArray[np.str_]
+    x: FloatArray
+    won: FloatArray
+    win_odds: FloatArray
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_races(self) -> int:
+        return self.races.n_races
+
+    def market_probabilities(self) -> FloatArray:
+        """π: 1/odds normalised within each race, which removes the pool's takeout."""
+        inverse = 1.0 / self.win_odds
+        return inverse / self.races.sum(inverse)[self.races.index]
+
+    def select_races(self, race_mask: npt.NDArray[np.bool_]) -> RaceSet:
+        races, runner_mask = self.races.take(race_mask)
+        return RaceSet(
+            feature_names=self.feature_names,
+            races=races,
+            race_ids=self.race_ids[race_mask],
+            race_dates=self.race_dates[race_mask],
+            runner_ids=self.runner_ids[runner_mask],
+            x=self.x[runner_mask],
+            won=self.won[runner_mask],
+            win_odds=self.win_odds[runner_mask],
+            dropped=dict(self.dropped),
+        )
+
+    def between(self, after: date | None, until: date | None) -> RaceSet:
+        """Races with after < race_date <= until (either bound may be open)."""
+        mask = np.ones(self.n_races, dtype=bool)
+        if after is not None:
+            mask &= self.race_dates > np.datetime64(after, "D")
+        if until is not None:
+            mask &= self.race_dates <= np.datetime64(until, "D")
+        return self.select_races(mask)
+
+    def without_features(self, names: tuple[str, ...]) -> RaceSet:
+        """The same races with some feature columns removed (for ablation)."""
+        keep = [i for i, name in enumerate(self.feature_names) if name not in names]
+        return RaceSet(
+            feature_names=tuple(self.feature_names[i] for i in keep),
+            races=self.races,
+            race_ids=self.race_ids,
+            race_dates=self.race_dates,
+            runner_ids=self.runner_ids,
+            x=self.x[:, keep],
+            won=self.won,
+            win_odds=self.win_odds,
+            dropped=dict(self.dropped),
+        )
+
+    def window(self) -> tuple[str, str] | None:
+        if self.n_races == 0:
+            return None
+        return str(self.race_dates.min()), str(self.race_dates.max())
+
+
+def race_set_from_frame(frame: pl.DataFrame, feature_names: tuple[str, ...]) -> RaceSet:
+    """Validate, order by time and block by race; drop unusable races with a counted reason."""
+    missing = [c for c in (*REQUIRED_COLUMNS, *feature_names) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"training frame lacks columns: {', '.join(missing)}")
+    order = ["race_date", *(["race_no"] if "race_no" in frame.columns else []), "race_id"]
+    features = [pl.col(name).cast(pl.Float64) for name in feature_names]
+    frame = frame.select(
+        pl.col("race_id").cast(pl.String),
+        pl.col("race_date").cast(pl.Date),
+        *([pl.col("race_no")] if "race_no" in frame.columns else []),
+        pl.col("runner_id").cast(pl.String),
+        pl.col("won").cast(pl.Float64),
+        pl.col("win_odds").cast(pl.Float64, strict=False),
+        *features,
+    ).sort([*order, "runner_id"], maintain_order=True)
+
+    feature_ok = pl.all_horizontal([pl.col(n).is_finite().fill_null(False) for n in feature_names])
+    runner_checks = frame.with_columns(
+        bad_odds=~(pl.col("win_odds").is_finite() & (pl.col("win_odds") > 0)).fill_null(False),
+        bad_features=~feature_ok if feature_names else pl.lit(False),
+        bad_won=~(pl.col("won").is_between(0.0, 1.0)).fill_null(False),
+    )
+    per_race = runner_checks.group_by("race_id", maintain_order=True).agg(
+        pl.len().alias("runners"),
+        pl.col("bad_odds").any(),
+        pl.col("bad_features").any(),
+        pl.col("bad_won").any(),
+        pl.col("won").sum().alias("won_total"),
+    )
+    reasons = per_race.select(
+        "race_id",
+        reason=pl.when(pl.col("bad_won"))
+        .then(pl.lit("invalid_won_value"))
+        .when(pl.col("bad_odds"))
+        .then(pl.lit("missing_or_invalid_odds"))
+        .when(pl.col("bad_features"))
+        .then(pl.lit("non_finite_features"))
+        .when(pl.col("runners") < 2)
+        .then(pl.lit("fewer_than_two_runners"))
+        .when((pl.col("won_total") - 1.0).abs() > RESULT_TOLERANCE)
+        .then(pl.lit("no_single_result"))
+        .otherwise(pl.lit(None, dtype=pl.String)),
+    )
+    dropped = Counter(reasons["reason"].drop_nulls().to_list())
+    usable = reasons.filter(pl.col("reason").is_null()).select("race_id")
+    frame = frame.join(usable, on="race_id", how="semi", maintain_order="left")
+
+    races = RaceBlocks.from_keys(frame["race_id"].to_numpy())
+    race_rows = races.starts
+    return RaceSet(
+        feature_names=tuple(feature_names),
+        races=races,
+        race_ids=frame["race_id"].to_numpy()[race_rows].astype(str),
+        race_dates=frame["race_date"].to_numpy()[race_rows].astype("datetime64[D]"),
+        runner_ids=frame["runner_id"].to_numpy().astype(str),
+        x=frame.select(feature_names).to_numpy().astype(np.float64)
+        if feature_names
+        else np.zeros((frame.height, 0)),
+        won=frame["won"].to_numpy().astype(np.float64),
+        win_odds=frame["win_odds"].to_numpy().astype(np.float64),
+        dropped=dict(sorted(dropped.items())),
+    )
