@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     betfair_password: SecretStr | None = None
     betfair_app_key: SecretStr | None = None
     betfair_certs_dir: Path | None = None
+    betfair_identity_url: str | None = None  # identity SSO base URL; unset = Betfair's
+    betfair_api_url: str | None = None  # exchange API base URL; unset = Betfair's
+    betfair_stream_host: str = "stream-api.betfair.com"
+    betfair_stream_port: int = 443
+    betfair_ca_file: Path | None = None  # trust this CA instead of the system's (tests)
 
 
 @lru_cache(maxsize=1)
