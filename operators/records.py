@@ -122,7 +122,7 @@ class WindowAggregate(NamedTuple):
 
 
 class ResultRow(NamedTuple):
-    """Settled runner outcome from a closing market definition. Key: (market_id, selection_id, handicap)."""
+    """Settled runner outcome. Key: (market_id, selection_id, handicap)."""
 
     market_id: str
     selection_id: int

@@ -1,0 +1,1 @@
+"""Bytewax dataflows: sources → operators → sinks, and nothing else."""

@@ -1,0 +1,233 @@
+"""Per-market state machine: stream changes in, database records out.
+
+This is the whole market pipeline minus the engine: `MarketProcessor.process` takes the
+changes of one market in stream order and returns a `SinkBatch` of rows (ticks, windows,
+definitions, results, dead letters) and, for detectors, the ladder deltas. The Bytewax flow
+keeps one processor per market key; tests drive it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from operators.market_book import MarketBook, parse_betfair_time
+from operators.records import (
+    DeadLetter,
+    MarketRow,
+    MarketTick,
+    ResultRow,
+    RunnerRow,
+    RunnerTick,
+    WindowAggregate,
+)
+from operators.runner_book import LadderDelta
+from operators.stream_messages import BadLine, MarketChange
+from operators.windows import DEFAULT_WINDOW_SECONDS, MARKET_SELECTION_ID, MarketWindows
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+@dataclass(slots=True)
+class SinkBatch:
+    """Rows produced by one step, grouped by table, plus counters for the run summary."""
+
+    markets: list[MarketRow] = field(default_factory=list)
+    runners: list[RunnerRow] = field(default_factory=list)
+    runner_ticks: list[RunnerTick] = field(default_factory=list)
+    market_ticks: list[MarketTick] = field(default_factory=list)
+    windows: list[WindowAggregate] = field(default_factory=list)
+    results: list[ResultRow] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    deltas: list[LadderDelta] = field(default_factory=list)
+    snapshots: list[dict] = field(default_factory=list)
+    """End-of-stream runner books (`velo replay --snapshot-out`)."""
+    lines: int = 0
+    messages: int = 0
+
+    def extend(self, other: SinkBatch) -> None:
+        self.markets.extend(other.markets)
+        self.runners.extend(other.runners)
+        self.runner_ticks.extend(other.runner_ticks)
+        self.market_ticks.extend(other.market_ticks)
+        self.windows.extend(other.windows)
+        self.results.extend(other.results)
+        self.dead_letters.extend(other.dead_letters)
+        self.deltas.extend(other.deltas)
+        self.snapshots.extend(other.snapshots)
+        self.lines += other.lines
+        self.messages += other.messages
+
+
+class MarketProcessor:
+    """Order book, windows and record emission for one market."""
+
+    def __init__(
+        self,
+        market_id: str,
+        window_seconds: tuple[int, ...] = DEFAULT_WINDOW_SECONDS,
+        keep_deltas: bool = False,
+    ) -> None:
+        self.market_id = market_id
+        self.book = MarketBook(market_id)
+        self.windows = MarketWindows(market_id, window_seconds)
+        self.keep_deltas = keep_deltas
+        self.seq = 0
+        self.started = False
+        self.last_publish_ms = 0
+
+    def process(self, changes: list[MarketChange], out: SinkBatch | None = None) -> SinkBatch:
+        out = out if out is not None else SinkBatch()
+        for change in changes:
+            self._process_one(change, out)
+        return out
+
+    def _process_one(self, item: MarketChange, out: SinkBatch) -> None:
+        change = item.change
+        if not self.started:
+            if not (change.get("img") or "marketDefinition" in change):
+                out.dead_letters.append(self._dead(item, "unknown_market_before_image"))
+                return
+            self.started = True
+        publish_ms = item.publish_time_ms
+        if publish_ms < self.last_publish_ms:
+            # Applied to the book (skipping it would corrupt the ladders), counted, and
+            # windowed at the market's latest event time.
+            out.dead_letters.append(self._dead(item, "out_of_order_publish_time"))
+            publish_ms = self.last_publish_ms
+        self.last_publish_ms = publish_ms
+        self.seq += 1
+        out.messages += 1
+        windows = self.windows
+        windows.advance(publish_ms, out.windows)
+
+        deltas: list[LadderDelta] | None = out.deltas if self.keep_deltas else None
+        book = self.book
+        result = book.apply(change, publish_ms, deltas)
+        if result.invalid_entries:
+            out.dead_letters.append(self._dead(item, "invalid_ladder_entry"))
+        publish_time = ms_to_datetime(item.publish_time_ms)
+        seconds_to_off = book.seconds_to_off(publish_ms)
+        if result.definition_changed:
+            self._emit_definition(publish_time, out)
+
+        for key, update in result.touched.items():
+            runner = book.runners[key]
+            wom = runner.weight_of_money()
+            price = runner.ltp if runner.ltp is not None else runner.best_back
+            windows.observe(key, price, update, wom)
+            out.runner_ticks.append(
+                RunnerTick(
+                    self.market_id,
+                    key[0],
+                    key[1],
+                    publish_time,
+                    self.seq,
+                    runner.status,
+                    book.in_play,
+                    runner.best_back,
+                    runner.best_size("back"),
+                    runner.best_lay,
+                    runner.best_size("lay"),
+                    runner.ltp,
+                    runner.trd_volume,
+                    runner.spread_ticks(),
+                    wom,
+                    runner.implied_probability(),
+                    runner.vwap(),
+                    runner.spn,
+                    runner.spf,
+                    seconds_to_off,
+                )
+            )
+        if result.touched:
+            windows.observe((MARKET_SELECTION_ID, 0.0), None, result.market_update(), None)
+        back_book, lay_book, active = book.overrounds()
+        out.market_ticks.append(
+            MarketTick(
+                self.market_id,
+                publish_time,
+                self.seq,
+                book.status,
+                book.in_play,
+                book.total_matched,
+                back_book,
+                lay_book,
+                active,
+                seconds_to_off,
+            )
+        )
+
+    def _emit_definition(self, publish_time: datetime, out: SinkBatch) -> None:
+        book = self.book
+        definition = book.definition
+        out.markets.append(
+            MarketRow(
+                self.market_id,
+                definition.get("eventId"),
+                definition.get("eventTypeId"),
+                definition.get("marketType"),
+                definition.get("name"),
+                definition.get("eventName"),
+                definition.get("venue"),
+                definition.get("countryCode"),
+                parse_betfair_time(definition.get("marketTime")),
+                definition.get("numberOfWinners"),
+                book.status,
+                book.in_play,
+                book.bet_delay,
+                book.version,
+                bool(definition.get("bspMarket", False)),
+                publish_time,
+            )
+        )
+        for runner in book.runners.values():
+            out.runners.append(
+                RunnerRow(
+                    self.market_id,
+                    runner.selection_id,
+                    runner.handicap,
+                    runner.name,
+                    runner.sort_priority,
+                    runner.status,
+                    runner.adjustment_factor,
+                    parse_betfair_time(runner.removal_date),
+                    runner.bsp,
+                )
+            )
+        if book.status == "CLOSED":
+            out.results.extend(
+                ResultRow(self.market_id, r.selection_id, r.handicap, r.status, r.bsp, publish_time)
+                for r in book.runners.values()
+            )
+
+    def finish(self, out: SinkBatch) -> SinkBatch:
+        """End of stream: close open windows and add the per-runner final snapshot."""
+        self.windows.flush(out.windows)
+        out.snapshots.extend(
+            runner.snapshot(self.market_id) for runner in self.book.runners.values()
+        )
+        return out
+
+    def _dead(self, item: MarketChange, reason: str) -> DeadLetter:
+        return DeadLetter(
+            item.source,
+            item.position,
+            reason,
+            orjson.dumps(item.change).decode()[:10_000],
+            ms_to_datetime(item.publish_time_ms),
+        )
+
+
+def dead_letter_from_bad_line(bad: BadLine) -> DeadLetter:
+    return DeadLetter(
+        bad.source,
+        bad.position,
+        bad.reason,
+        bad.raw[:10_000].decode("utf-8", "replace"),
+        datetime.now(UTC),
+    )
