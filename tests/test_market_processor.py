@@ -78,7 +78,7 @@ def test_price_ladder_is_betfairs() -> None:
 
 
 def test_derived_values_after_image() -> None:
-    processor, out = run(IMAGE)
+    _processor, out = run(IMAGE)
     tick = {t.selection_id: t for t in out.runner_ticks}[1]
     assert (tick.best_back, tick.best_back_size, tick.best_lay, tick.best_lay_size) == (
         3.0,
@@ -144,7 +144,7 @@ def test_windows_aggregate_moves_volume_and_churn() -> None:
     # traded: 300 in the image, then 3.0 rises from 200 to 50 (not counted) and three new prices
     assert window.traded_volume == pytest.approx(300 + 100 + 150 + 200)
     assert window.back_added == pytest.approx(160 + 400 + 500 * 3)
-    market_window = [w for w in out.windows if w.window_secs == 10 and w.selection_id == 0][0]
+    market_window = next(w for w in out.windows if w.window_secs == 10 and w.selection_id == 0)
     assert market_window.updates == 5
     # one-second windows: each steam update falls into its own second or shares one
     assert sum(w.updates for w in out.windows if w.window_secs == 1 and w.selection_id == 1) == 5
