@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "cli.demo",
     "cli.db",
     "cli.services",
+    "cli.models",
 )
 
 
