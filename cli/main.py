@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "cli.db",
     "cli.services",
     "cli.models",
+    "cli.scout",
 )
 
 
