@@ -1,0 +1,537 @@
+"""Idempotent, batched PostgreSQL writes of the dataflow's records.
+
+One `write(batch)` is one transaction: every table's rows are COPYed into a session temp
+staging table, then moved with a single `INSERT ... SELECT ... ON CONFLICT (natural key)`
+per table (all of them sent in one round trip). Ticks, windows and dead letters are
+`DO NOTHING`, so a replayed or redelivered batch changes nothing; markets, runners and
+results are upserts where the latest row wins (a market only moves forward in
+(version, last_publish_time)).
+
+Failure handling:
+- Connection loss (`OperationalError`: server restart, network): reconnect with exponential
+  backoff and write the same batch again; idempotence makes the rewrite safe even when the
+  lost attempt had committed.
+- Bad rows (wrong types, NULL in a NOT NULL column, text PostgreSQL cannot store): the batch
+  is rewritten table by table under savepoints, bisecting to the offending rows, which are
+  stored in `dead_letters` (source `postgres_sink:<table>`) and counted as `rejected`;
+  every other row is written. Nothing is dropped silently and the flow does not crash.
+- Plain PostgreSQL: monthly partitions for the months in a batch are created in the same
+  transaction the first time a month is seen (cached per writer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from operator import itemgetter
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from operators.records import (
+    DeadLetter,
+    MarketRow,
+    MarketTick,
+    ResultRow,
+    RunnerRow,
+    RunnerTick,
+    WindowAggregate,
+)
+from sql.migrate import PLAIN, database_flavour, upgrade_connection
+
+log = logging.getLogger(__name__)
+
+SINK_SOURCE_PREFIX = "postgres_sink:"
+_REASON_MAX_CHARS = 200
+_BAD_DATA_SQLSTATE_CLASSES = ("22", "23", "54")
+"""Data exception, integrity violation, program limit (e.g. index row too large)."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one record type is stored."""
+
+    table: str
+    attribute: str
+    """Attribute of the batch holding these records (`SinkBatch.windows` etc.)."""
+    record: type
+    key: tuple[str, ...]
+    upsert_order: tuple[str, ...] | None = None
+    """None: insert-only (`DO NOTHING`). Else an upsert; among duplicates of a key in one
+    batch the row first in this ORDER BY wins (the staging order `_ord DESC` breaks ties)."""
+    upsert_guard: str | None = None
+    """Extra condition for replacing a stored row, in terms of the table and EXCLUDED."""
+    partition_column: str | None = None
+    """Range-partition column on the plain path."""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.record._fields
+
+    @property
+    def stage(self) -> str:
+        return f"_stage_{self.table}"
+
+    def create_stage_sql(self) -> sql.Composed:
+        return sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS,"
+            " _ord bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS"
+        ).format(stage=sql.Identifier(self.stage), table=sql.Identifier(self.table))
+
+    def copy_sql(self) -> sql.Composed:
+        return sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(
+            stage=sql.Identifier(self.stage), columns=_identifiers(self.columns)
+        )
+
+    def insert_sql(self) -> sql.Composed:
+        columns = _identifiers(self.columns)
+        key = _identifiers(self.key)
+        stage = sql.Identifier(self.stage)
+        table = sql.Identifier(self.table)
+        if self.upsert_order is None:
+            return sql.SQL(
+                "INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage}"
+                " ON CONFLICT ({key}) DO NOTHING"
+            ).format(table=table, columns=columns, stage=stage, key=key)
+        updates = sql.SQL(", ").join(
+            sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c))
+            for c in self.columns
+            if c not in self.key
+        )
+        guard = sql.SQL("ROW({table}.*) IS DISTINCT FROM ROW(EXCLUDED.*)").format(table=table)
+        if self.upsert_guard:
+            guard = sql.SQL("({extra}) AND {guard}").format(
+                extra=sql.SQL(self.upsert_guard), guard=guard
+            )
+        order = sql.SQL(", ").join(sql.SQL(part) for part in (*self.upsert_order, "_ord DESC"))
+        return sql.SQL(
+            "INSERT INTO {table} ({columns})"
+            " SELECT DISTINCT ON ({key}) {columns} FROM {stage} ORDER BY {key}, {order}"
+            " ON CONFLICT ({key}) DO UPDATE SET {updates} WHERE {guard}"
+        ).format(
+            table=table,
+            columns=columns,
+            stage=stage,
+            key=key,
+            order=order,
+            updates=updates,
+            guard=guard,
+        )
+
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec(
+        "markets",
+        "markets",
+        MarketRow,
+        key=("market_id",),
+        upsert_order=("version DESC", "last_publish_time DESC"),
+        upsert_guard="(EXCLUDED.version, EXCLUDED.last_publish_time)"
+        " >= (markets.version, markets.last_publish_time)",
+    ),
+    TableSpec("runners", "runners", RunnerRow, key=("market_id", "selection_id"), upsert_order=()),
+    TableSpec(
+        "runner_ticks",
+        "runner_ticks",
+        RunnerTick,
+        key=("market_id", "selection_id", "publish_time", "seq", "handicap"),
+        partition_column="publish_time",
+    ),
+    TableSpec(
+        "market_ticks",
+        "market_ticks",
+        MarketTick,
+        key=("market_id", "publish_time", "seq"),
+        partition_column="publish_time",
+    ),
+    TableSpec(
+        "window_aggregates",
+        "windows",
+        WindowAggregate,
+        key=("market_id", "selection_id", "window_secs", "window_start", "handicap"),
+        partition_column="window_start",
+    ),
+    TableSpec(
+        "results",
+        "results",
+        ResultRow,
+        key=("market_id", "selection_id", "handicap"),
+        upsert_order=(),
+    ),
+    TableSpec("dead_letters", "dead_letters", DeadLetter, key=("source", "position", "reason")),
+)
+TABLE_NAMES = tuple(spec.table for spec in TABLES)
+_DEAD_LETTERS = TABLES[-1]
+
+
+class RecordBatch(Protocol):
+    """What `write` takes: lists of records per kind (`operators.market_processor.SinkBatch`)."""
+
+    markets: Sequence[MarketRow]
+    runners: Sequence[RunnerRow]
+    runner_ticks: Sequence[RunnerTick]
+    market_ticks: Sequence[MarketTick]
+    windows: Sequence[WindowAggregate]
+    results: Sequence[ResultRow]
+    dead_letters: Sequence[DeadLetter]
+
+
+@dataclass
+class TableBatch:
+    """A plain `RecordBatch` for callers that do not run the market processor."""
+
+    markets: list[MarketRow] = field(default_factory=list)
+    runners: list[RunnerRow] = field(default_factory=list)
+    runner_ticks: list[RunnerTick] = field(default_factory=list)
+    market_ticks: list[MarketTick] = field(default_factory=list)
+    windows: list[WindowAggregate] = field(default_factory=list)
+    results: list[ResultRow] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, records: Iterable[NamedTuple]) -> TableBatch:
+        """Group mixed records by type."""
+        batch = cls()
+        lists = {spec.record: getattr(batch, spec.attribute) for spec in TABLES}
+        for record in records:
+            target = lists.get(type(record))
+            if target is None:
+                raise TypeError(f"no table stores {type(record).__name__} records")
+            target.append(record)
+        return batch
+
+
+class SinkUnavailableError(RuntimeError):
+    """PostgreSQL stayed unreachable through every retry; the batch was not written."""
+
+
+class PostgresWriter:
+    """Writes `RecordBatch`es; one instance per sink worker (it owns one connection)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        ensure_schema: bool = True,
+        max_attempts: int = 8,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        application_name: str = "velo-sink",
+    ) -> None:
+        if url is None:
+            from connectors.database import resolve_database_url
+
+            url = resolve_database_url(None)
+        self.url = url
+        self.ensure_schema = ensure_schema
+        self.max_attempts = max_attempts
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.application_name = application_name
+        self.totals: Counter[str] = Counter()
+        """Rows written per table (plus `rejected`) over the writer's life."""
+        self.reconnects = 0
+        self._conn: psycopg.Connection | None = None
+        self._flavour: str | None = None
+        self._known_partitions: set[tuple[str, int, int]] = set()
+
+    def write(self, batch: RecordBatch) -> dict[str, int]:
+        """Write one batch in one transaction; rows written per table, plus `rejected`.
+
+        "Written" counts inserted rows and changed upserts, so a replayed batch reports 0s.
+        """
+        groups = [
+            (spec, _storable_dead_letters(rows) if spec is _DEAD_LETTERS else rows)
+            for spec in TABLES
+            if (rows := getattr(batch, spec.attribute, None))
+        ]
+        if not groups:
+            return {}
+        attempt = 1
+        while True:
+            try:
+                counts = self._write_once(self._connection(), groups)
+            except psycopg.OperationalError as error:
+                self._drop_connection()
+                if attempt >= self.max_attempts:
+                    raise SinkUnavailableError(
+                        f"PostgreSQL unreachable after {attempt} attempts: {error}"
+                    ) from error
+                delay = min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1))
+                log.warning(
+                    "database write failed (attempt %d/%d), retrying in %.1fs: %s",
+                    attempt,
+                    self.max_attempts,
+                    delay,
+                    str(error).strip(),
+                )
+                time.sleep(delay)
+                attempt += 1
+                continue
+            self.totals.update(counts)
+            return counts
+
+    def close(self) -> None:
+        self._drop_connection()
+
+    def __enter__(self) -> PostgresWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- one attempt ------------------------------------------------------------------
+
+    def _write_once(
+        self, conn: psycopg.Connection, groups: list[tuple[TableSpec, Sequence]]
+    ) -> dict[str, int]:
+        try:
+            with conn.transaction():
+                new_partitions = self._ensure_partitions(conn, groups)
+                counts = self._copy_and_insert(conn, groups)
+        except Exception as error:
+            if not _is_bad_data(error):
+                raise
+            log.warning(
+                "batch has rows PostgreSQL rejects (%s); isolating them", _primary_message(error)
+            )
+            return self._write_tolerant(conn, groups)
+        self._known_partitions |= new_partitions
+        return counts
+
+    def _copy_and_insert(
+        self, conn: psycopg.Connection, groups: list[tuple[TableSpec, Sequence]]
+    ) -> dict[str, int]:
+        with conn.cursor() as cur:
+            for spec, rows in groups:
+                with cur.copy(spec.copy_sql()) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            cur.execute(sql.SQL("; ").join(spec.insert_sql() for spec, _ in groups))
+            counts = {}
+            for spec, _ in groups:
+                counts[spec.table] = max(cur.rowcount, 0)
+                cur.nextset()
+        return counts
+
+    def _write_tolerant(
+        self, conn: psycopg.Connection, groups: list[tuple[TableSpec, Sequence]]
+    ) -> dict[str, int]:
+        """Slow path: per-table savepoints, bisecting to the rows PostgreSQL refuses."""
+        counts: Counter[str] = Counter()
+        rejected: list[tuple[TableSpec, Any, BaseException]] = []
+        with conn.transaction():
+            new_partitions = self._ensure_partitions(conn, groups)
+            for spec, rows in groups:
+                counts[spec.table] += self._bisect(conn, spec, list(rows), rejected)
+            if rejected:
+                letters = [_rejection_letter(spec, row, error) for spec, row, error in rejected]
+                counts[_DEAD_LETTERS.table] += self._copy_and_insert(
+                    conn, [(_DEAD_LETTERS, letters)]
+                )[_DEAD_LETTERS.table]
+        self._known_partitions |= new_partitions
+        counts["rejected"] = len(rejected)
+        log.warning(
+            "%d row(s) rejected by PostgreSQL, stored in dead_letters as %s<table>",
+            len(rejected),
+            SINK_SOURCE_PREFIX,
+        )
+        return dict(counts)
+
+    def _bisect(
+        self,
+        conn: psycopg.Connection,
+        spec: TableSpec,
+        rows: list,
+        rejected: list[tuple[TableSpec, Any, BaseException]],
+    ) -> int:
+        try:
+            with conn.transaction():
+                written = self._copy_and_insert(conn, [(spec, rows)])[spec.table]
+                conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(spec.stage)))
+            return written
+        except Exception as error:
+            if not _is_bad_data(error):
+                raise
+            if len(rows) == 1:
+                rejected.append((spec, rows[0], error))
+                return 0
+            middle = len(rows) // 2
+            return self._bisect(conn, spec, rows[:middle], rejected) + self._bisect(
+                conn, spec, rows[middle:], rejected
+            )
+
+    # -- partitions (plain path) ------------------------------------------------------
+
+    def _ensure_partitions(
+        self, conn: psycopg.Connection, groups: list[tuple[TableSpec, Sequence]]
+    ) -> set[tuple[str, int, int]]:
+        """Create missing monthly partitions in the current transaction; returns the new ones."""
+        if self._flavour != PLAIN:
+            return set()
+        wanted: set[tuple[str, int, int]] = set()
+        for spec, rows in groups:
+            if spec.partition_column is not None:
+                index = spec.columns.index(spec.partition_column)
+                wanted |= {(spec.table, y, m) for y, m in _months(rows, index)}
+        missing = sorted(wanted - self._known_partitions)
+        if missing:
+            conn.execute(
+                "SELECT velo_ensure_month_partition(t, make_date(y, m, 1))"
+                " FROM unnest(%s::text[], %s::int[], %s::int[]) AS p(t, y, m)",
+                ([t for t, _, _ in missing], [y for _, y, _ in missing], [m for *_, m in missing]),
+            )
+        return set(missing)
+
+    # -- connection -------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        conn = psycopg.connect(
+            self.url,
+            autocommit=True,
+            connect_timeout=10,
+            application_name=self.application_name,
+        )
+        try:
+            conn.execute("SET TIME ZONE 'UTC'")
+            if self.ensure_schema:
+                self._flavour = upgrade_connection(conn).flavour
+            else:
+                self._flavour = database_flavour(conn)
+                if self._flavour is None:
+                    raise RuntimeError("database is not migrated; run `velo db upgrade` first")
+            conn.execute(sql.SQL("; ").join(spec.create_stage_sql() for spec in TABLES))
+        except BaseException:
+            conn.close()
+            raise
+        if self._conn is not None:
+            self.reconnects += 1
+        self._conn = conn
+        return conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+# -- reading back -------------------------------------------------------------------------
+
+
+def count_rows(url: str) -> dict[str, int]:
+    """Exact row count of every sink table."""
+    query = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {name}, count(*) FROM {table}").format(
+            name=sql.Literal(name), table=sql.Identifier(name)
+        )
+        for name in TABLE_NAMES
+    )
+    with psycopg.connect(url) as conn:
+        return {name: int(count) for name, count in conn.execute(query).fetchall()}
+
+
+def dump_table(url: str, table: str) -> list[tuple]:
+    """Every row of `table`, all columns in table order, sorted by all columns (comparable)."""
+    with psycopg.connect(url) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        cur = conn.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(sql.Identifier(table)))
+        width = len(cur.description or ())
+        order = sql.SQL(", ").join(sql.Literal(i) for i in range(1, width + 1))
+        query = sql.SQL("SELECT * FROM {} ORDER BY {}").format(sql.Identifier(table), order)
+        return [tuple(row) for row in conn.execute(query).fetchall()]
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _identifiers(names: Iterable[str]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _is_bad_data(error: BaseException) -> bool:
+    """Whether the rows (not the connection or our SQL) caused `error`."""
+    if isinstance(error, psycopg.OperationalError):
+        return False
+    if isinstance(error, psycopg.Error):
+        state = error.sqlstate
+        # No SQLSTATE: psycopg could not adapt a Python value before sending it.
+        return state is None or state[:2] in _BAD_DATA_SQLSTATE_CLASSES
+    return isinstance(error, (TypeError, ValueError))
+
+
+def _months(rows: Sequence, index: int) -> set[tuple[int, int]]:
+    """UTC (year, month) of the partition column; naive times are taken as UTC."""
+    getter = itemgetter(index)
+    try:
+        low, high = min(map(getter, rows)), max(map(getter, rows))
+        low, high = _utc(low), _utc(high)
+        if (low.year, low.month) == (high.year, high.month):
+            return {(low.year, low.month)}
+        return {(t.year, t.month) for t in map(_utc, map(getter, rows))}
+    except (TypeError, ValueError, AttributeError, IndexError):
+        # Bad rows (no or non-datetime time) are rejected later; partition for the rest.
+        months = set()
+        for row in rows:
+            try:
+                value = row[index]
+            except (TypeError, IndexError):
+                continue
+            if isinstance(value, datetime):
+                utc = _utc(value)
+                months.add((utc.year, utc.month))
+        return months
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _storable_dead_letters(letters: Sequence[DeadLetter]) -> Sequence[DeadLetter]:
+    """Escape NUL characters (PostgreSQL text cannot hold them) as the JSON-style `\\u0000`,
+    so a dead letter of a corrupt line keeps its own source/position key."""
+    if not any(_has_nul(letter) for letter in letters):
+        return letters
+    return [_escape_nul(letter) if _has_nul(letter) else letter for letter in letters]
+
+
+def _has_nul(row: object) -> bool:
+    return isinstance(row, tuple) and any(isinstance(v, str) and "\x00" in v for v in row)
+
+
+def _escape_nul(row: tuple) -> tuple:
+    escaped = (v.replace("\x00", "\\u0000") if isinstance(v, str) else v for v in row)
+    return type(row)(*escaped) if hasattr(row, "_fields") else tuple(escaped)
+
+
+def _primary_message(error: BaseException) -> str:
+    """The stable part of an error: no DETAIL/CONTEXT, which carry per-attempt values."""
+    if isinstance(error, psycopg.Error) and error.diag.message_primary:
+        return error.diag.message_primary
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _rejection_letter(spec: TableSpec, row: Any, error: BaseException) -> DeadLetter:
+    """A dead letter for a row PostgreSQL refused; position is a hash of the row, so a
+    replay of the same bad row maps to the same key (idempotent like everything else)."""
+    record = row._asdict() if hasattr(row, "_asdict") else row
+    payload = orjson.dumps(record, default=repr, option=orjson.OPT_NON_STR_KEYS)
+    detail = " ".join(str(error).split()) or type(error).__name__
+    raw = orjson.dumps(
+        {"table": spec.table, "record": orjson.Fragment(payload), "error": detail}
+    ).decode()
+    return DeadLetter(
+        source=f"{SINK_SOURCE_PREFIX}{spec.table}",
+        position=zlib.crc32(payload),
+        reason=_primary_message(error)[:_REASON_MAX_CHARS],
+        raw=raw,
+        recorded_time=datetime.now(UTC),
+    )

@@ -1,0 +1,1 @@
+"""Database schema: versioned migrations in `sql/migrations` and the migrator in `sql.migrate`."""
