@@ -25,7 +25,12 @@ def _note(message: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from models.pipeline import default_valid_until, load_race_set, train_and_save
+    from models.pipeline import (
+        default_valid_until,
+        feature_groups,
+        load_race_set,
+        train_and_save,
+    )
     from models.registry import default_root, promote
 
     valid_until = args.valid_until or default_valid_until(args.train_until)
@@ -38,7 +43,13 @@ def _train(args: argparse.Namespace) -> int:
             f"≤ {args.train_until}, validating on ({args.train_until}, {valid_until}]"
         )
         version = train_and_save(
-            data, args.train_until, valid_until, args.out, root, source=str(args.hkjc)
+            data,
+            args.train_until,
+            valid_until,
+            args.out,
+            root,
+            source=str(args.hkjc),
+            groups=feature_groups(),
         )
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         _note(f"velo train: {exc}")

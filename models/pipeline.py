@@ -70,12 +70,15 @@ def train_and_save(
     out_dir: Path | None,
     registry_root: Path,
     source: str,
+    groups: dict[str, tuple[str, ...]],
 ) -> ModelVersion:
-    """Train, then write the version directory (default `<registry_root>/<version>`)."""
+    """Train, then write the version directory (default `<registry_root>/<version>`).
+
+    `groups` maps feature groups to their columns; it is stored for the ablation report.
+    """
     result = train_two_stage(data, train_until, valid_until)
     data_hash = training_data_hash(data.between(None, valid_until))
     out_dir = out_dir if out_dir is not None else registry_root / new_version_name(data_hash)
-    groups = feature_groups()
     metadata: dict[str, Any] = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "feature_names": list(data.feature_names),

@@ -149,8 +149,8 @@ def write_report(run: EvaluationRun, version: ModelVersion, out_dir: Path) -> Pa
         "| races | races bet | bets | turnover (× start bank) | profit | ROI | final bankroll "
         "| max drawdown | flat-stake ROI |",
         "|---|---|---|---|---|---|---|---|---|",
-        f"| {bet.races} | {bet.races_bet} | {bet.bets} | {bet.turnover:.3f} | {bet.profit:.3f} | "
-        f"{bet.roi:.2%} | {bet.final_bankroll:.3f} | {bet.max_drawdown:.1%} | "
+        f"| {bet.races} | {bet.races_bet} | {bet.bets} | {bet.turnover:.4g} | {bet.profit:.4g} | "
+        f"{bet.roi:.2%} | {bet.final_bankroll:.4g} | {bet.max_drawdown:.1%} | "
         f"{bet.flat_stake_roi:.2%} |",
         "",
         "![bankroll](bankroll.png)",

@@ -1,0 +1,140 @@
+"""Unit tests of the model's fitting code on synthetic races with known coefficients."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.optimize import approx_fprime
+
+from models.conditional_logit import Standardizer, fit_conditional_logit, objective_and_gradient
+from models.dataset import race_set_from_frame
+from models.segments import RaceBlocks
+from models.synthetic import synthetic_training_frame
+from models.training import train_two_stage
+from models.two_stage import fit_stage2
+
+TRUE_WEIGHTS = {"speed": 0.8, "rating": -0.5, "draw": 0.3, "noise": 0.0}
+
+
+@pytest.fixture(scope="module")
+def synthetic_races():
+    frame = synthetic_training_frame(TRUE_WEIGHTS, n_races=6000, seed=7)
+    return race_set_from_frame(frame, tuple(TRUE_WEIGHTS))
+
+
+def test_softmax_sums_to_one_within_each_race() -> None:
+    rng = np.random.default_rng(0)
+    races = RaceBlocks.from_starts([0, 3, 10, 11], 20)
+    utilities = rng.normal(scale=50.0, size=20)
+    probs = races.softmax(utilities)
+    np.testing.assert_allclose(races.sum(probs), np.ones(4), atol=1e-12)
+    assert probs[10] == pytest.approx(1.0)
+    first = np.exp(utilities[:3] - utilities[:3].max())
+    np.testing.assert_allclose(probs[:3], first / first.sum(), rtol=1e-12)
+
+
+def test_race_blocks_reject_bad_starts() -> None:
+    with pytest.raises(ValueError):
+        RaceBlocks.from_starts([1, 3], 5)
+    with pytest.raises(ValueError):
+        RaceBlocks.from_starts([0, 3, 3], 5)
+
+
+def test_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(1)
+    races = RaceBlocks.from_starts([0, 5, 12, 20], 27)
+    x = rng.normal(size=(27, 4))
+    y = np.zeros(27)
+    y[[2, 7, 15]] = 1.0
+    y[[21, 25]] = 0.5  # a dead heat
+    weights = rng.normal(size=4)
+    _, analytic = objective_and_gradient(weights, x, y, races, l2=0.3)
+    numeric = approx_fprime(weights, lambda w: objective_and_gradient(w, x, y, races, 0.3)[0], 1e-7)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_recovers_known_coefficients(synthetic_races) -> None:
+    standardizer = Standardizer.fit(synthetic_races.x)
+    fit = fit_conditional_logit(
+        standardizer.transform(synthetic_races.x), synthetic_races.won, synthetic_races.races
+    )
+    assert fit.converged
+    # The synthetic utility uses unit-variance features, so standardised weights are comparable.
+    np.testing.assert_allclose(fit.weights, list(TRUE_WEIGHTS.values()), atol=0.06)
+
+
+def test_l2_shrinks_weights(synthetic_races) -> None:
+    x = Standardizer.fit(synthetic_races.x).transform(synthetic_races.x)
+    free = fit_conditional_logit(x, synthetic_races.won, synthetic_races.races, l2=0.0)
+    shrunk = fit_conditional_logit(x, synthetic_races.won, synthetic_races.races, l2=1.0)
+    assert np.linalg.norm(shrunk.weights) < 0.7 * np.linalg.norm(free.weights)
+
+
+def test_stage2_recovers_alpha_and_beta() -> None:
+    rng = np.random.default_rng(3)
+    n_races, size = 8000, 10
+    races = RaceBlocks.from_starts(np.arange(n_races) * size, n_races * size)
+    log_f = races.log_softmax(rng.normal(size=n_races * size))
+    log_pi = races.log_softmax(rng.normal(size=n_races * size))
+    true_utility = 0.6 * log_f + 1.2 * log_pi
+    probs = races.softmax(true_utility)
+    won = np.zeros(n_races * size)
+    for r in range(n_races):
+        block = slice(r * size, (r + 1) * size)
+        won[r * size + rng.choice(size, p=probs[block])] = 1.0
+    fit = fit_stage2(log_f, np.exp(log_pi), won, races)
+    assert fit.alpha == pytest.approx(0.6, abs=0.06)
+    assert fit.beta == pytest.approx(1.2, abs=0.06)
+
+
+def test_dataset_drops_unusable_races_with_reasons() -> None:
+    frame = synthetic_training_frame({"a": 1.0}, n_races=6, seed=2)
+    race_ids = frame["race_id"].unique(maintain_order=True).to_list()
+    frame = frame.with_columns(
+        win_odds=pl.when((pl.col("race_id") == race_ids[0]) & (pl.col("won") == 0))
+        .then(None)
+        .otherwise(pl.col("win_odds")),
+        a=pl.when(pl.col("race_id") == race_ids[1]).then(float("nan")).otherwise(pl.col("a")),
+        won=pl.when(pl.col("race_id") == race_ids[2]).then(0.0).otherwise(pl.col("won")),
+    )
+    data = race_set_from_frame(frame, ("a",))
+    assert data.n_races == 3
+    assert data.dropped == {
+        "missing_or_invalid_odds": 1,
+        "no_single_result": 1,
+        "non_finite_features": 1,
+    }
+    assert set(data.race_ids) == set(race_ids[3:])
+    with pytest.raises(ValueError, match="lacks columns"):
+        race_set_from_frame(frame.drop("win_odds"), ("a",))
+
+
+def test_dataset_orders_races_in_time_and_splits(synthetic_races) -> None:
+    assert np.all(np.diff(synthetic_races.race_dates.astype(np.int64)) >= 0)
+    train = synthetic_races.between(None, date(2018, 12, 31))
+    valid = synthetic_races.between(date(2018, 12, 31), date(2020, 12, 31))
+    assert train.race_dates.max() <= np.datetime64("2018-12-31")
+    assert valid.race_dates.min() > np.datetime64("2018-12-31")
+    assert train.n_races + valid.n_races <= synthetic_races.n_races
+    np.testing.assert_allclose(valid.races.sum(valid.market_probabilities()), 1.0)
+
+
+def test_train_two_stage_picks_l2_on_validation_and_never_reads_test(synthetic_races) -> None:
+    train_until, valid_until = date(2019, 12, 31), date(2021, 12, 31)
+    result = train_two_stage(synthetic_races, train_until, valid_until)
+    search = result.details["l2_search"]
+    best = min(search, key=lambda row: row["valid_log_loss_combined"])
+    assert result.model.l2 == best["l2"]
+    assert result.details["windows"]["validation"][1] <= str(valid_until)
+    # Changing every test-period result must not change the fitted model.
+    test_mask = synthetic_races.race_dates > np.datetime64(valid_until)
+    scrambled = synthetic_races.won.copy()
+    runners = test_mask[synthetic_races.races.index]
+    scrambled[runners] = np.roll(scrambled[runners], 1)
+    again = train_two_stage(replace(synthetic_races, won=scrambled), train_until, valid_until)
+    np.testing.assert_array_equal(again.model.weights, result.model.weights)
+    assert again.model.alpha == result.model.alpha
