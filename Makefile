@@ -35,7 +35,8 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 
 bench: venv
-	$(VENV)/bin/pip install -q -r bench/requirements.txt
+	$(VENV)/bin/pip install -q zeep==4.3.3
+	$(VENV)/bin/pip install -q --no-deps -r bench/requirements.txt
 	$(VENV)/bin/python -m bench.replay
 
 clean:

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "cli.replay",
     "cli.demo",
     "cli.db",
+    "cli.worker",
     "cli.services",
     "cli.models",
     "cli.scout",

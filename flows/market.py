@@ -18,6 +18,7 @@ from pathlib import Path
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
+from bytewax.outputs import Sink
 from bytewax.operators import StatefulBatchLogic
 
 from connectors.bytewax_io import (
@@ -76,6 +77,7 @@ def build_market_flow(
     on_progress: Callable[[RunSummary], None] | None = None,
     summary_path: Path | None = None,
     snapshot_path: Path | None = None,
+    dead_letter_sink: Sink | None = None,
 ) -> Dataflow:
     flow = Dataflow("market")
     lines = op.input("lines", flow, source)
@@ -92,6 +94,8 @@ def build_market_flow(
         op.map("bad_line_rows", split.falses, lambda kv: kv[1]),
     )
     op.output("database", batches, DatabaseSink(writer_factory))
+    if dead_letter_sink is not None:
+        op.output("dead_letter_topic", batches, dead_letter_sink)
     if summary is not None or summary_path is not None:
         op.output(
             "summary",

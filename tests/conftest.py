@@ -10,7 +10,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BETFAIR_DIR = SHARED_DATA / "betfair"
 HKJC_DIR = SHARED_DATA / "racing" / "hkjc"
 
-pytest_plugins = ["tests.service_fixtures"]
+pytest_plugins = ["tests.service_fixtures", "tests.database_fixtures"]
 
 
 @pytest.fixture(scope="session")

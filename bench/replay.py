@@ -1,0 +1,158 @@
+"""Replay throughput: our full dataflow against orjson, betfairlightweight and flumine.
+
+Runs in one process, one after another, on the same decompressed PRO horse-racing files:
+1. bare orjson parsing of every line (the floor);
+2. betfairlightweight's historical generator stream with `lightweight=True`;
+3. flumine's simulation with a no-op strategy;
+4. our dataflow: parse → market state → windows → PostgreSQL sink (embedded server).
+Prints lines/s for each and our ratios against the issue's goals.
+
+    make bench            # installs flumine into the venv, then runs this
+    python -m bench.replay [--repeat N] [FILES...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+SHARED_BETFAIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "betfair"
+PRO_HORSE_RACING = [
+    "1.127236622.bz2",
+    "1-206064380.bz2",
+    "1.185781277.bz2",
+    "SELF-1.181223995",
+    "1.205822330.bz2",
+]
+
+
+def decompressed_copies(names: list[Path], target: Path) -> list[Path]:
+    """Plain-text copies: betfairlightweight and flumine read plain files only."""
+    copies = []
+    for source in names:
+        plain = target / source.name.removesuffix(".bz2")
+        data = source.read_bytes()
+        plain.write_bytes(bz2.decompress(data) if source.suffix == ".bz2" else data)
+        copies.append(plain)
+    return copies
+
+
+def count_lines(paths: list[Path]) -> int:
+    return sum(sum(1 for line in p.open("rb") if line.strip()) for p in paths)
+
+
+def run_orjson(paths: list[Path]) -> None:
+    for path in paths:
+        with path.open("rb") as handle:
+            for line in handle:
+                orjson.loads(line)
+
+
+def run_betfairlightweight(paths: list[Path]) -> None:
+    import betfairlightweight
+    from betfairlightweight import StreamListener
+
+    client = betfairlightweight.APIClient("user", "password", "app-key")
+    for path in paths:
+        listener = StreamListener(max_latency=None, lightweight=True)
+        stream = client.streaming.create_historical_generator_stream(
+            file_path=str(path), listener=listener
+        )
+        for _ in stream.get_generator()():
+            pass
+
+
+def run_flumine(paths: list[Path]) -> None:
+    from flumine import BaseStrategy, FlumineSimulation, clients
+
+    class NoOp(BaseStrategy):
+        def check_market_book(self, market, market_book) -> bool:
+            return False
+
+        def process_market_book(self, market, market_book) -> None:
+            return None
+
+    logging.getLogger("flumine").setLevel(logging.CRITICAL)
+    framework = FlumineSimulation(client=clients.SimulatedClient())
+    framework.add_strategy(
+        NoOp(
+            market_filter={"markets": [str(p) for p in paths], "listener_kwargs": {"inplay": None}}
+        )
+    )
+    framework.run()
+
+
+def run_dataflow(paths: list[Path], database_url: str) -> None:
+    from cli.replay import replay
+
+    summary = replay(paths, database_url)
+    if summary.messages == 0:
+        raise RuntimeError("the dataflow processed nothing")
+
+
+def timed(label: str, lines: int, work: Callable[[], None], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - started)
+    rate = lines / best
+    print(f"{label:<42} {best:8.3f} s  {rate:>12,.0f} lines/s")
+    return rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", type=Path)
+    parser.add_argument("--repeat", type=int, default=3, help="best of N runs per contender")
+    args = parser.parse_args()
+    sources = args.files or [SHARED_BETFAIR / name for name in PRO_HORSE_RACING]
+    missing = [p for p in sources if not p.exists()]
+    if missing:
+        raise SystemExit(f"missing input files: {missing}")
+
+    from connectors.database import create_scratch_database, drop_database, start_embedded_server
+
+    with tempfile.TemporaryDirectory(prefix="velo-bench-") as folder:
+        work = Path(folder)
+        work.chmod(0o755)
+        paths = decompressed_copies(sources, work)
+        lines = count_lines(paths)
+        server = start_embedded_server(work / "pg", keep_running=False)
+        print(f"{len(paths)} files, {lines:,} lines; best of {args.repeat}")
+        orjson_rate = timed("orjson parsing alone", lines, lambda: run_orjson(paths), args.repeat)
+        bflw_rate = timed(
+            "betfairlightweight generator (lightweight)",
+            lines,
+            lambda: run_betfairlightweight(paths),
+            args.repeat,
+        )
+        flumine_rate = timed(
+            "flumine simulation, no-op strategy", lines, lambda: run_flumine(paths), args.repeat
+        )
+
+        def ours() -> None:
+            database_url = create_scratch_database(server.get_uri())
+            try:
+                run_dataflow(paths, database_url)
+            finally:
+                drop_database(database_url)
+
+        ours_rate = timed(
+            "velo dataflow (parse→state→windows→PostgreSQL)", lines, ours, args.repeat
+        )
+    print()
+    print(f"velo / flumine            {ours_rate / flumine_rate:6.2f}×   (goal ≥ 10×)")
+    print(f"velo / betfairlightweight {ours_rate / bflw_rate:6.2f}×   (goal ≥ 4×)")
+    print(f"orjson / velo             {orjson_rate / ours_rate:6.2f}×   (goal ≤ 4×)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""`velo worker`: the market dataflow fed from Kafka, with crash recovery."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+from rich.console import Console
+
+from cli.options import add_database_option, env_default
+from cli.replay import print_summary
+from connectors.bytewax_io import RunSummary
+from connectors.database import resolve_database_url
+from connectors.kafka_io import DeadLetterTopicSink, KafkaLinesSource
+from connectors.postgres_sink import PostgresWriter
+from connectors.settings import get_settings
+from flows.market import build_market_flow
+from sql.migrate import upgrade
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="consume raw stream lines from Kafka into the database (recoverable)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_database_option(parser)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        **env_default("VELO_WORKERS", 1),
+        help="worker threads in this process [env VELO_WORKERS]",
+    )
+    parser.add_argument(
+        "-i",
+        "--process-id",
+        type=int,
+        **env_default("BYTEWAX_PROCESS_ID", None),
+        help="this process's index in a multi-process cluster [env BYTEWAX_PROCESS_ID]",
+    )
+    parser.add_argument(
+        "-a",
+        "--addresses",
+        **env_default("BYTEWAX_ADDRESSES", None),
+        help="host:port of every process, ';'-separated [env BYTEWAX_ADDRESSES]",
+    )
+    parser.add_argument(
+        "--recovery-dir",
+        type=Path,
+        **env_default("VELO_RECOVERY_DIR", None),
+        help="SQLite recovery partitions; a restarted worker resumes from its last snapshot "
+        "[env VELO_RECOVERY_DIR]",
+    )
+    parser.add_argument(
+        "--snapshot-interval",
+        type=float,
+        **env_default("VELO_SNAPSHOT_INTERVAL", 5.0),
+        help="seconds between recovery snapshots (Bytewax epoch) [env VELO_SNAPSHOT_INTERVAL]",
+    )
+    parser.add_argument(
+        "--exit-when-idle",
+        type=float,
+        **env_default("VELO_EXIT_WHEN_IDLE", None),
+        help="drain, then exit after this many seconds without messages [env VELO_EXIT_WHEN_IDLE]",
+    )
+    parser.add_argument("--snapshot-out", type=Path, help="write end-of-run runner books (JSONL)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=True)
+    settings = get_settings()
+    database_url = resolve_database_url(args.db)
+    upgrade(database_url)
+    addresses = args.addresses.split(";") if args.addresses else None
+    processes = len(addresses) if addresses else 1
+    recovery = None
+    if args.recovery_dir is not None:
+        args.recovery_dir.mkdir(parents=True, exist_ok=True)
+        if not any(args.recovery_dir.glob("part-*.sqlite3")):
+            init_db_dir(args.recovery_dir, max(1, args.workers) * processes)
+        recovery = RecoveryConfig(str(args.recovery_dir))
+    summary = RunSummary()
+    flow = build_market_flow(
+        KafkaLinesSource(
+            settings.kafka_bootstrap,
+            settings.velo_topic_mcm,
+            exit_when_idle_seconds=args.exit_when_idle,
+        ),
+        lambda: PostgresWriter(database_url),
+        summary=summary,
+        snapshot_path=args.snapshot_out,
+        dead_letter_sink=DeadLetterTopicSink(
+            settings.kafka_bootstrap, settings.velo_topic_dead_letters
+        ),
+    )
+    cli_main(
+        flow,
+        workers_per_process=max(1, args.workers),
+        process_id=args.process_id,
+        addresses=addresses,
+        epoch_interval=timedelta(seconds=args.snapshot_interval),
+        recovery_config=recovery,
+    )
+    print_summary(summary, console)
+    return 0
