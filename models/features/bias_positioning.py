@@ -1,0 +1,35 @@
+"""BOP (bias / positioning): draw, draw bias of the course and distance from earlier races,
+and how the horse's running style suits the draw and the track."""
+
+from __future__ import annotations
+
+import polars as pl
+
+DRAW_PRIOR_RUNS = 50.0
+PACE_PRIOR_RUNS = 30.0
+
+FEATURES = {
+    "draw_pct": "Barrier draw scaled 0 (inside) .. 1 (widest) by field size.",
+    "draw_bias_win": "Earlier wins above 1/field from this draw at venue/course/distance, shrunk.",
+    "draw_bias_finish": "Earlier finish above mid-field from this draw there, shrunk.",
+    "style_draw": "Front-running tendency x draw_pct (a leader drawn wide must cross).",
+    "leader_bias_fit": "How early leaders have fared there x the horse's front-running tendency.",
+}
+
+
+def compute(frame: pl.DataFrame) -> pl.DataFrame:
+    field = pl.col("field_size").cast(pl.Float64)
+    draw_pct = (pl.col("draw").cast(pl.Float64) - 1.0) / (field - 1.0).clip(lower_bound=1.0)
+    draw_pct = draw_pct.clip(0.0, 1.0).fill_null(0.5)
+    draw_runs = pl.col("dr_runs").fill_null(0.0) + DRAW_PRIOR_RUNS
+    front_running = 0.5 - pl.col("early_position_avg_3")
+    leader_bias = pl.col("pc_finish_gain").fill_null(0.0) / (
+        pl.col("pc_runs").fill_null(0.0) + PACE_PRIOR_RUNS
+    )
+    return frame.with_columns(
+        draw_pct=draw_pct,
+        draw_bias_win=pl.col("dr_win_excess").fill_null(0.0) / draw_runs,
+        draw_bias_finish=pl.col("dr_finish_gain").fill_null(0.0) / draw_runs,
+        style_draw=front_running * draw_pct,
+        leader_bias_fit=leader_bias * front_running,
+    )

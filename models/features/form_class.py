@@ -1,0 +1,63 @@
+"""Form and class: rating, class move, recent finishing positions, margins, freshness."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from models.features._common import BASE_WIN_RATE, days_since, mean_of, rel, shrunk_rate
+from models.features.states import LAGS
+
+# Neutral values for a horse with no run in the data (its own indicator says so).
+NEUTRAL_FINISH_PCT = 0.5
+NEUTRAL_LENGTHS = 6.0
+NO_RUN_DAYS = 365.0
+
+FEATURES = {
+    "official_rating": "Official rating carried into the race (imputed from weight if missing).",
+    "official_rating_rel": "Official rating minus the race mean.",
+    "rating_imputed": "1 when the rating was imputed from weight and rivals' ratings.",
+    "rating_change": "Rating now minus rating at the last run (0 without a last run).",
+    "class_drop": "Class level now minus at the last run (positive = easier race).",
+    "no_previous_run": "1 for a horse without any earlier run in the data.",
+    "last_finish_pct": "Last finishing position scaled 0 (won) .. 1 (last); DNF counts last.",
+    "avg_finish_pct_3": "Mean scaled finishing position over the last 3 runs.",
+    "avg_finish_pct_3_rel": "avg_finish_pct_3 minus the race mean.",
+    "career_finish_pct": "Mean scaled finishing position over all earlier runs (shrunk to 0.5).",
+    "last_beaten_lengths_log": "log(1 + lengths beaten at the last run), capped at 30.",
+    "avg_beaten_lengths_log_3": "log(1 + mean lengths beaten over the last 3 runs).",
+    "days_since_last_run_log": "log(1 + days since the last run); 365 without one.",
+    "runs_this_season": "Runs earlier in the current HK season (September to July).",
+    "career_runs_log": "log(1 + earlier runs).",
+    "career_win_rate": "Earlier wins / runs, shrunk toward 8%.",
+    "prev_market_prob_log_3": "log of field-size-scaled market probability at the last 3 runs.",
+}
+
+
+def compute(frame: pl.DataFrame) -> pl.DataFrame:
+    has_run = pl.col("h_as_of").is_not_null()
+    rating = pl.col("official_rating")
+    last_rating = pl.col("h_official_rating")
+    finish = [f"h_finish_pct_{lag}" for lag in range(LAGS)]
+    lengths = [f"h_beaten_lengths_{lag}" for lag in range(LAGS)]
+    market = [f"h_market_prob_{lag}" for lag in range(LAGS)]
+    runs = pl.col("h_runs").fill_null(0.0)
+    same_season = pl.col("h_season") == pl.col("season")
+    return frame.with_columns(
+        official_rating=rating,
+        official_rating_rel=rel(rating),
+        rating_imputed=pl.col("rating_imputed"),
+        rating_change=(rating - last_rating).fill_null(0.0),
+        class_drop=(pl.col("class_level") - pl.col("h_class_level")).fill_null(0.0),
+        no_previous_run=(~has_run).cast(pl.Float64),
+        last_finish_pct=pl.col(finish[0]).fill_null(NEUTRAL_FINISH_PCT),
+        avg_finish_pct_3=mean_of(finish).fill_null(NEUTRAL_FINISH_PCT),
+        avg_finish_pct_3_rel=rel(mean_of(finish).fill_null(NEUTRAL_FINISH_PCT)),
+        career_finish_pct=shrunk_rate(pl.col("h_finish_pct_sum"), runs, NEUTRAL_FINISH_PCT, 2.0),
+        last_beaten_lengths_log=pl.col(lengths[0]).fill_null(NEUTRAL_LENGTHS).log1p(),
+        avg_beaten_lengths_log_3=mean_of(lengths).fill_null(NEUTRAL_LENGTHS).log1p(),
+        days_since_last_run_log=days_since("h_as_of").fill_null(NO_RUN_DAYS).log1p(),
+        runs_this_season=pl.when(same_season).then(pl.col("h_season_runs")).otherwise(0.0),
+        career_runs_log=runs.log1p(),
+        career_win_rate=shrunk_rate(pl.col("h_wins"), runs, BASE_WIN_RATE, 2.0),
+        prev_market_prob_log_3=(mean_of(market) * pl.col("field_size")).log().fill_null(0.0),
+    )
