@@ -49,7 +49,8 @@ class _KafkaLinesPartition(StatefulSourcePartition[list[Line], int]):
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
-                "group.id": "velo-market-worker",  # required by librdkafka; offsets live in recovery
+                # librdkafka needs a group id; offsets live in the recovery snapshots
+                "group.id": "velo-market-worker",
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
                 "fetch.wait.max.ms": 10,

@@ -18,8 +18,8 @@ from pathlib import Path
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
 from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
 
 from connectors.bytewax_io import (
     SINGLE_PARTITION,
