@@ -16,8 +16,11 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from operators.racing_events import Racecard, RacecardRunner, RunnerStatus, Surface
 
 _FURLONG_M = 201.168
 
@@ -67,8 +70,8 @@ _RACE_KINDS: tuple[tuple[str, str, str, tuple[int, int], bool, tuple[int, int]],
     ("Flat", "Listed", "Listed Stakes", (1, 1), False, (6, 14)),
     ("Hurdle", "Hcap Hrd", "Handicap Hurdle", (2, 5), True, (16, 24)),
     ("Hurdle", "Nov Hrd", "Novices' Hurdle", (3, 4), False, (16, 21)),
-    ("Chase", "Hcap Chs", "Handicap Chase", (2, 5), True, (16, 28)),
-    ("Chase", "Nov Chs", "Novices' Chase", (2, 4), False, (16, 25)),
+    ("Chase", "Hcap Chs", "Handicap Chase", (2, 5), True, (16, 24)),
+    ("Chase", "Nov Chs", "Novices' Chase", (2, 4), False, (16, 24)),
 )
 _FLAT_KIND_WEIGHTS = (8, 3, 2, 2, 1)
 _JUMPS_KIND_WEIGHTS = (5, 3, 4, 2)
@@ -158,6 +161,7 @@ class SimulatedRacecard:
     country_code: str
     timezone: str
     off_time: datetime
+    race_number: int  # order within the meeting
     race_name: str
     market_name: str
     race_type: str  # Flat, Hurdle or Chase
@@ -233,6 +237,7 @@ def _sample_race(
     rng: random.Random,
     venue: tuple[str, str, str, bool],
     off_time: datetime,
+    race_number: int,
     market_id: str,
     event_id: str,
     used_names: set[str],
@@ -352,6 +357,7 @@ def _sample_race(
         country_code=country,
         timezone=_TIMEZONE[country],
         off_time=off_time,
+        race_number=race_number,
         race_name=f"{sponsor} {title}{class_text}",
         market_name=f"{distance} {suffix}",
         race_type=race_type,
@@ -401,19 +407,22 @@ def sample_racecards(seed: int, races: int, first_off: datetime) -> list[Sampled
     slots = []
     for race in range(races):
         meeting = race % meetings
-        off = first_offs[meeting] + timedelta(minutes=gaps[meeting] * (race // meetings))
-        slots.append((off, meeting))
+        number = race // meetings + 1
+        slots.append(
+            (first_offs[meeting] + timedelta(minutes=gaps[meeting] * (number - 1)), meeting, number)
+        )
     slots.sort()
     used_names: set[str] = set()
     used_ids: set[int] = set()
     sampled = []
-    for off, meeting in slots:
+    for off, meeting, number in slots:
         next_market += rng.randint(1, 40)
         sampled.append(
             _sample_race(
                 rng,
                 venues[meeting],
                 off,
+                number,
                 f"1.{next_market}",
                 str(event_ids[meeting]),
                 used_names,
@@ -421,3 +430,48 @@ def sample_racecards(seed: int, races: int, first_off: datetime) -> list[Sampled
             )
         )
     return sampled
+
+
+def racecard_event(
+    card: SimulatedRacecard, withdrawn: Collection[int] = (), source: str = "simulator"
+) -> Racecard:
+    """The card as the project's versioned `Racecard` event (what the racecards topic carries).
+
+    `withdrawn` lists selection ids already known to be non-runners; they stay on the card with
+    status withdrawn, as a real card shows them.
+    """
+    surface = Surface.ALL_WEATHER if card.going.startswith("Standard") else Surface.TURF
+    return Racecard(
+        source=source,
+        race_id=f"{source}:{card.market_id}",
+        market_id=card.market_id,
+        meeting_date=card.off_time.date(),
+        venue=card.venue,
+        race_number=card.race_number,
+        start_time=card.off_time,
+        race_name=card.race_name,
+        distance_m=card.distance_m,
+        going=card.going,
+        surface=surface,
+        race_class=str(card.race_class),
+        runners=[
+            RacecardRunner(
+                runner_id=str(runner.selection_id),
+                horse_name=runner.horse_name,
+                selection_id=runner.selection_id,
+                saddle_cloth=runner.cloth_number,
+                draw=runner.draw,
+                jockey=runner.jockey,
+                trainer=runner.trainer,
+                weight_carried_lbs=runner.weight_lbs,
+                official_rating=runner.official_rating,
+                age=runner.age,
+                days_since_last_run=runner.days_since_last_run,
+                form=runner.form or None,
+                status=RunnerStatus.WITHDRAWN
+                if runner.selection_id in withdrawn
+                else RunnerStatus.DECLARED,
+            )
+            for runner in card.runners
+        ],
+    )

@@ -22,7 +22,7 @@ import orjson
 import pytest
 from betfairlightweight import StreamListener
 
-from connectors.racecards_sample import SimulatedRacecard, sample_racecards
+from connectors.racecards_sample import SimulatedRacecard, racecard_event, sample_racecards
 from connectors.simulator import (
     DEFAULT_START,
     FIRST_OFF_AFTER_START,
@@ -32,6 +32,7 @@ from connectors.simulator import (
     write_stream,
 )
 from operators.price_ladder import is_valid_price, tick_index
+from operators.racing_events import Racecard, RunnerStatus, dump_event, parse_event
 
 SEED = 1
 MARKETS = 4
@@ -404,8 +405,26 @@ def test_racecards_are_complete_and_deterministic() -> None:
     assert cards == [sampled.racecard for sampled in sample_racecards(9, 12, first_off)]
     assert len({card.market_id for card in cards}) == 12
     assert [card.off_time for card in cards] == sorted(card.off_time for card in cards)
+    for venue in {card.venue for card in cards}:
+        numbers = [card.race_number for card in cards if card.venue == venue]
+        assert numbers == list(range(1, len(numbers) + 1))
     for card in cards:
         _assert_card_is_sane(card)
+
+
+def test_racecards_become_valid_racecard_events() -> None:
+    """Every sampled card passes the project's racecard validation, withdrawals included."""
+    for race in simulate_races(21, 24):
+        card = race.racecard
+        withdrawn = {race.non_runner} if race.non_runner is not None else set()
+        event = parse_event(dump_event(racecard_event(card, withdrawn)))
+        assert isinstance(event, Racecard)
+        assert event.market_id == card.market_id and event.start_time == card.off_time
+        assert [r.selection_id for r in event.runners] == [r.selection_id for r in card.runners]
+        statuses = {r.selection_id: r.status for r in event.runners}
+        for selection_id in withdrawn:
+            assert statuses[selection_id] is RunnerStatus.WITHDRAWN
+        assert len(event.declared_runners) == len(card.runners) - len(withdrawn)
 
 
 def _assert_card_is_sane(card: SimulatedRacecard) -> None:
