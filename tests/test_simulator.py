@@ -378,7 +378,7 @@ def test_start_moves_the_whole_day() -> None:
 )
 def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        next(simulate_day(1, **kwargs))
+        simulate_day(1, **kwargs)
 
 
 def test_racecards_match_the_stream(day_lines: list[bytes], races: list[SimulatedRace]) -> None:
