@@ -30,6 +30,13 @@ FEATURES = {
     "career_runs_log": "log(1 + earlier runs).",
     "career_win_rate": "Earlier wins / runs, shrunk toward 8%.",
     "prev_market_prob_log_3": "log of field-size-scaled market probability at the last 3 runs.",
+    "perf_vs_rating_last": "Rating the last run was worth (rating + lbs beaten fewer than the "
+    "field average) minus today's rating.",
+    "perf_vs_rating_best_3": "Best performance rating of the last 3 runs minus today's rating.",
+    "perf_vs_rating_avg_3_rel": "Mean performance rating of the last 3 runs minus today's "
+    "rating, minus the race mean.",
+    "rating_vs_band_top": "Official rating minus the top of the race's rating band (0 if none).",
+    "years_since_debut": "Years since the horse's first run in the data (an age proxy).",
 }
 
 
@@ -42,6 +49,9 @@ def compute(frame: pl.DataFrame) -> pl.DataFrame:
     market = [f"h_market_prob_{lag}" for lag in range(LAGS)]
     runs = pl.col("h_runs").fill_null(0.0)
     same_season = pl.col("h_season") == pl.col("season")
+    performance = [f"h_perf_rating_{lag}" for lag in range(LAGS)]
+    best_performance = pl.max_horizontal([pl.col(c) for c in performance])
+    avg_vs_rating = (mean_of(performance) - rating).fill_null(0.0)
     return frame.with_columns(
         official_rating=rating,
         official_rating_rel=rel(rating),
@@ -60,4 +70,9 @@ def compute(frame: pl.DataFrame) -> pl.DataFrame:
         career_runs_log=runs.log1p(),
         career_win_rate=shrunk_rate(pl.col("h_wins"), runs, BASE_WIN_RATE, 2.0),
         prev_market_prob_log_3=(mean_of(market) * pl.col("field_size")).log().fill_null(0.0),
+        perf_vs_rating_last=(pl.col(performance[0]) - rating).fill_null(0.0),
+        perf_vs_rating_best_3=(best_performance - rating).fill_null(0.0),
+        perf_vs_rating_avg_3_rel=rel(avg_vs_rating),
+        rating_vs_band_top=(rating - pl.col("rating_band_high")).fill_null(0.0),
+        years_since_debut=(days_since("h_first_run") / 365.25).fill_null(0.0),
     )

@@ -25,6 +25,7 @@ FRESH_AFTER_DAYS = 60
 LAGS = 3
 HORSE_LAGGED = (
     "finish_pct", "beaten_lengths", "speed_fig", "early_pct", "late_gain", "market_prob",
+    "perf_rating",
 )  # fmt: skip
 HORSE_LAST = (
     "official_rating", "class_level", "distance_m", "weight_carried_lbs", "body_weight_lbs",
@@ -135,6 +136,7 @@ def horse_state(runs: pl.DataFrame) -> pl.DataFrame:
         runs=pl.int_range(1, pl.len() + 1).over("runner_id").cast(pl.Float64),
         wins=pl.col("won").cum_sum().over("runner_id"),
         finish_pct_sum=pl.col("finish_pct").cum_sum().over("runner_id"),
+        first_run=pl.col("race_date").cum_min().over("runner_id"),
         season_runs=pl.int_range(1, pl.len() + 1).over("runner_id", "season").cast(pl.Float64),
         **{
             f"{name}_{lag}": pl.col(name).shift(lag).over("runner_id")
@@ -144,7 +146,15 @@ def horse_state(runs: pl.DataFrame) -> pl.DataFrame:
     )
     lagged = [f"{name}_{lag}" for name in HORSE_LAGGED for lag in range(LAGS)]
     return by_horse.select(
-        "key", "as_of", "runs", "wins", "finish_pct_sum", "season_runs", *lagged, *HORSE_LAST
+        "key",
+        "as_of",
+        "runs",
+        "wins",
+        "finish_pct_sum",
+        "first_run",
+        "season_runs",
+        *lagged,
+        *HORSE_LAST,
     ).sort("as_of")
 
 

@@ -27,6 +27,7 @@ FEATURES = {
     "trainer_fresh_win_rate": "Trainer's strike rate with horses back from a break, shrunk.",
     "gear_first_time": "1 when a piece of gear is worn for the first time (code ending in 1).",
     "gear_changed": "1 when the declared gear differs from the last run's.",
+    "trainer_changed": "1 when the horse has moved stables since its last run.",
 }
 
 
@@ -78,5 +79,8 @@ def compute(frame: pl.DataFrame) -> pl.DataFrame:
         .cast(pl.Float64),
         gear_changed=(gear.fill_null("") != last_gear.fill_null(""))
         .and_(pl.col("h_as_of").is_not_null())
+        .cast(pl.Float64),
+        trainer_changed=(pl.col("trainer") != pl.col("h_trainer"))
+        .fill_null(False)
         .cast(pl.Float64),
     )
