@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import redis
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -117,7 +117,8 @@ def probe_kafka(bootstrap: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | Non
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        return _one_line(str(exc.args[0] if exc.args else exc))
+        error = exc.args[0] if exc.args else None
+        return _one_line(error.str() if isinstance(error, KafkaError) else str(exc))
     if not metadata.brokers:
         return "the cluster answered with no brokers"
     return None
@@ -360,15 +361,18 @@ class Service(ABC):
         for port in (self.port, *self.extra_ports()):
             if port_is_free(port):
                 continue
-            problem = self._prepare() if port == self.port else None
-            if problem is None:
-                return True
+            why = ""
+            if port == self.port:
+                problem = self._prepare()
+                if problem is None:
+                    return True
+                why = f", and it does not answer as {self.name}: {problem}"
             owner = port_owner(port)
             who = owner or f"an unknown process (see `ss -ltnp 'sport = :{port}'`)"
-            why = f", and it does not answer as {self.name}: {problem}" if problem else ""
+            hint = self.port_hint(owner)
             raise ServiceError(
                 f"{self.name}: port {port} on 127.0.0.1 is already in use by {who}{why}. "
-                f"{self.port_hint(owner).capitalize()}."
+                f"{hint[0].upper()}{hint[1:]}."
             )
         return False
 
