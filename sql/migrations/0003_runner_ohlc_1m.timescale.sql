@@ -28,7 +28,7 @@ WITH NO DATA;
 
 SELECT add_continuous_aggregate_policy(
     continuous_aggregate => 'runner_ohlc_1m',
-    start_offset => NULL,
+    start_offset => NULL::interval,
     end_offset => INTERVAL '1 minute',
     schedule_interval => INTERVAL '5 minutes',
     if_not_exists => TRUE
