@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "cli.demo",
     "cli.db",
     "cli.worker",
+    "cli.publish",
     "cli.services",
     "cli.models",
     "cli.scout",

