@@ -106,10 +106,10 @@ def race_set_from_frame(frame: pl.DataFrame, feature_names: tuple[str, ...]) -> 
         *features,
     ).sort([*order, "runner_id"], maintain_order=True)
 
-    feature_ok = pl.all_horizontal([pl.col(n).is_finite().fill_null(False) for n in feature_names])
+    finite = [pl.col(n).is_finite().fill_null(False) for n in feature_names]
     runner_checks = frame.with_columns(
         bad_odds=~(pl.col("win_odds").is_finite() & (pl.col("win_odds") > 0)).fill_null(False),
-        bad_features=~feature_ok if feature_names else pl.lit(False),
+        bad_features=~pl.all_horizontal(finite) if finite else pl.lit(False),
         bad_won=~(pl.col("won").is_between(0.0, 1.0)).fill_null(False),
     )
     per_race = runner_checks.group_by("race_id", maintain_order=True).agg(

@@ -56,7 +56,7 @@ def online_inputs(
 ) -> FloatArray:
     """The online component's per-runner inputs: standardised features, log f and log π."""
     return np.column_stack(
-        [model.standardizer.transform(data.x), predictions.fundamental, predictions.market]
+        [model.design.standardised_inputs(data.x), predictions.fundamental, predictions.market]
     )
 
 

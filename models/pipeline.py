@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from models.dataset import RaceSet, race_set_from_frame
+from models.design import VARIANTS
 from models.evaluation import Evaluation, evaluate, period_metrics
 from models.registry import ModelVersion, load_version, new_version_name, save_version
 from models.registry.store import sha256_of_files
-from models.training import train_two_stage, training_data_hash
+from models.training import L2_GRID, train_two_stage, training_data_hash
 
 FEATURES_PACKAGE = Path(__file__).resolve().parent / "features"
 MODEL_CODE_FILES = (
     "conditional_logit.py",
     "dataset.py",
+    "design.py",
     "evaluation.py",
     "online.py",
     "onnx_export.py",
@@ -71,12 +73,14 @@ def train_and_save(
     registry_root: Path,
     source: str,
     groups: dict[str, tuple[str, ...]],
+    l2_grid: tuple[float, ...] = L2_GRID,
+    variants: tuple[str, ...] = tuple(VARIANTS),
 ) -> ModelVersion:
     """Train, then write the version directory (default `<registry_root>/<version>`).
 
     `groups` maps feature groups to their columns; it is stored for the ablation report.
     """
-    result = train_two_stage(data, train_until, valid_until)
+    result = train_two_stage(data, train_until, valid_until, l2_grid=l2_grid, variants=variants)
     data_hash = training_data_hash(data.between(None, valid_until))
     out_dir = out_dir if out_dir is not None else registry_root / new_version_name(data_hash)
     metadata: dict[str, Any] = {
@@ -144,7 +148,7 @@ def run_evaluation(
 
 
 def ablation_table(version: ModelVersion, data: RaceSet, window: RaceSet) -> list[dict[str, Any]]:
-    """Retrain stages 1 and 2 (same windows, same L2) without each group, and with it alone."""
+    """Retrain stages 1 and 2 (same windows, design, L2) without each group, and with it alone."""
     train_until = date.fromisoformat(version.metadata["data_window"]["train_until"])
     valid_until = date.fromisoformat(version.metadata["data_window"]["valid_until"])
     full = period_metrics(version.model, window)
@@ -160,7 +164,12 @@ def ablation_table(version: ModelVersion, data: RaceSet, window: RaceSet) -> lis
             if not reduced.feature_names:
                 continue
             retrained = train_two_stage(
-                reduced, train_until, valid_until, l2_grid=(version.model.l2,), with_online=False
+                reduced,
+                train_until,
+                valid_until,
+                l2_grid=(version.model.l2,),
+                variants=(version.model.design.variant,),
+                with_online=False,
             )
             metrics = period_metrics(retrained.model, window.without_features(removed))
             row[f"{label}_fundamental_r2"] = metrics["fundamental_r2"]

@@ -119,7 +119,7 @@ def write_report(run: EvaluationRun, version: ModelVersion, out_dir: Path) -> Pa
         "",
         f"Stage 2: α = {_fmt(meta['stage2']['alpha'])}, β = {_fmt(meta['stage2']['beta'])}; "
         f"recalibrated market β = {_fmt(meta['stage2']['market_beta'])} "
-        "(β < 1 flattens the odds: the favourite–longshot correction). "
+        "(β ≠ 1 is the favourite–longshot correction; β > 1: longshots are over-bet). "
         f"Stage-1 L2 = {meta['l2']}.",
         "",
         "## Calibration",

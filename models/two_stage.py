@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.conditional_logit import Standardizer, fit_conditional_logit
+from models.conditional_logit import fit_conditional_logit
+from models.design import Design
 from models.segments import FloatArray, RaceBlocks
 
 
@@ -31,19 +32,22 @@ class Stage2Fit:
 class TwoStageModel:
     """Everything needed to score a race: the numpy reference for the ONNX graph."""
 
-    feature_names: tuple[str, ...]
-    standardizer: Standardizer
+    design: Design
     weights: FloatArray
     alpha: float
     beta: float
     market_beta: float
     l2: float
 
-    def utilities(self, x_raw: FloatArray) -> FloatArray:
-        return self.standardizer.transform(x_raw) @ self.weights
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.design.feature_names
+
+    def utilities(self, x_raw: FloatArray, races: RaceBlocks) -> FloatArray:
+        return self.design.transform(x_raw, races) @ self.weights
 
     def fundamental_log_probs(self, x_raw: FloatArray, races: RaceBlocks) -> FloatArray:
-        return races.log_softmax(self.utilities(x_raw))
+        return races.log_softmax(self.utilities(x_raw, races))
 
     def combined_log_probs(
         self, x_raw: FloatArray, market_probs: FloatArray, races: RaceBlocks

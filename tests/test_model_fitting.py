@@ -12,11 +12,13 @@ from scipy.optimize import approx_fprime
 
 from models.conditional_logit import Standardizer, fit_conditional_logit, objective_and_gradient
 from models.dataset import race_set_from_frame
+from models.design import RACE_STD_FLOOR, race_z_scores
 from models.segments import RaceBlocks
 from models.synthetic import synthetic_training_frame
 from models.training import train_two_stage
 from models.two_stage import fit_stage2
 
+VARIANTS = ("linear", "race_relative")
 TRUE_WEIGHTS = {"speed": 0.8, "rating": -0.5, "draw": 0.3, "noise": 0.0}
 
 
@@ -35,6 +37,17 @@ def test_softmax_sums_to_one_within_each_race() -> None:
     assert probs[10] == pytest.approx(1.0)
     first = np.exp(utilities[:3] - utilities[:3].max())
     np.testing.assert_allclose(probs[:3], first / first.sum(), rtol=1e-12)
+
+
+def test_race_z_scores_are_within_race_standardised_with_a_floor() -> None:
+    races = RaceBlocks.from_starts([0, 4, 7], 8)
+    xs = np.array([[1.0], [2.0], [3.0], [6.0], [5.0], [5.0], [5.01], [9.0]])
+    z = race_z_scores(xs, races)
+    first = xs[:4, 0]
+    np.testing.assert_allclose(z[:4, 0], (first - first.mean()) / first.std())
+    # a near-constant race is divided by the floor, not by its tiny spread
+    np.testing.assert_allclose(z[4:7, 0], (xs[4:7, 0] - xs[4:7, 0].mean()) / RACE_STD_FLOOR)
+    assert z[7, 0] == 0.0  # a single runner has nothing to be relative to
 
 
 def test_race_blocks_reject_bad_starts() -> None:
@@ -125,16 +138,25 @@ def test_dataset_orders_races_in_time_and_splits(synthetic_races) -> None:
 
 def test_train_two_stage_picks_l2_on_validation_and_never_reads_test(synthetic_races) -> None:
     train_until, valid_until = date(2019, 12, 31), date(2021, 12, 31)
-    result = train_two_stage(synthetic_races, train_until, valid_until)
+    result = train_two_stage(
+        synthetic_races, train_until, valid_until, l2_grid=(1.0, 0.01, 0.0001), variants=VARIANTS
+    )
     search = result.details["l2_search"]
+    assert len(search) == 3 * len(VARIANTS)
     best = min(search, key=lambda row: row["valid_log_loss_combined"])
-    assert result.model.l2 == best["l2"]
+    assert (result.model.design.variant, result.model.l2) == (best["variant"], best["l2"])
     assert result.details["windows"]["validation"][1] <= str(valid_until)
     # Changing every test-period result must not change the fitted model.
     test_mask = synthetic_races.race_dates > np.datetime64(valid_until)
     scrambled = synthetic_races.won.copy()
     runners = test_mask[synthetic_races.races.index]
     scrambled[runners] = np.roll(scrambled[runners], 1)
-    again = train_two_stage(replace(synthetic_races, won=scrambled), train_until, valid_until)
+    again = train_two_stage(
+        replace(synthetic_races, won=scrambled),
+        train_until,
+        valid_until,
+        l2_grid=(1.0, 0.01, 0.0001),
+        variants=VARIANTS,
+    )
     np.testing.assert_array_equal(again.model.weights, result.model.weights)
     assert again.model.alpha == result.model.alpha

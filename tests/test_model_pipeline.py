@@ -40,7 +40,15 @@ def data():
 def version(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     return train_and_save(
-        data, date(2017, 12, 31), date(2018, 12, 31), None, root, "synthetic", GROUPS
+        data,
+        date(2017, 12, 31),
+        date(2018, 12, 31),
+        None,
+        root,
+        "synthetic",
+        GROUPS,
+        l2_grid=(0.1, 0.01, 0.001),
+        variants=("linear", "race_relative"),
     )
 
 
@@ -52,6 +60,8 @@ def test_metadata_records_provenance_and_decisions(version) -> None:
     assert meta["data_window"]["train_until"] == "2017-12-31"
     assert meta["data_window"]["valid_dates"][1] <= "2018-12-31"
     assert meta["l2"] in [row["l2"] for row in meta["l2_search"]]
+    assert len(meta["l2_search"]) == 6
+    assert meta["stage1"]["variant"] in ("linear", "race_relative")
     assert set(meta["stage2"]) == {"alpha", "beta", "market_beta"}
     assert meta["online"]["kept"] == (version.online is not None)
     assert meta["online"]["races"] == meta["data_window"]["valid_races"]

@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 
 from models.dataset import race_set_from_frame
+from models.design import VARIANTS, Design
 from models.registry import save_version
 from models.scoring import OnnxScorer
 from models.segments import RaceBlocks
 from models.synthetic import synthetic_training_frame
 from models.training import train_two_stage
+from models.two_stage import TwoStageModel
 
 WEIGHTS = {"rating": 0.7, "days_since_run": -0.3, "weight_carried": 0.2}
 
@@ -22,7 +24,14 @@ WEIGHTS = {"rating": 0.7, "days_since_run": -0.3, "weight_carried": 0.2}
 def trained(tmp_path_factory):
     frame = synthetic_training_frame(WEIGHTS, n_races=2500, seed=11)
     data = race_set_from_frame(frame, tuple(WEIGHTS))
-    result = train_two_stage(data, date(2017, 3, 31), date(2017, 12, 31), with_online=False)
+    result = train_two_stage(
+        data,
+        date(2017, 3, 31),
+        date(2017, 12, 31),
+        l2_grid=(0.01,),
+        variants=("race_relative+hinges",),
+        with_online=False,
+    )
     path = save_version(
         tmp_path_factory.mktemp("registry") / "v1", result.model, None, {"note": "test"}
     )
@@ -49,6 +58,30 @@ def test_onnx_matches_numpy_reference_within_1e5(trained) -> None:
             float(np.abs(fundamental - reference_fundamental[block]).max()),
         )
     assert worst < 1e-5
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_design_variant_exports_exactly(variant, trained, tmp_path) -> None:
+    _, test_data, _ = trained
+    race_relative, hinges = VARIANTS[variant]
+    design = Design.fit(tuple(WEIGHTS), test_data.x, test_data.races, race_relative, hinges)
+    rng = np.random.default_rng(len(variant))
+    model = TwoStageModel(
+        design=design,
+        weights=rng.normal(scale=0.3, size=len(design.column_names)),
+        alpha=0.8,
+        beta=1.1,
+        market_beta=1.05,
+        l2=0.0,
+    )
+    scorer = OnnxScorer(save_version(tmp_path / variant, model, None, {}))
+    market = test_data.market_probabilities()
+    reference = np.exp(model.combined_log_probs(test_data.x, market, test_data.races))
+    for start, size in zip(test_data.races.starts, test_data.races.sizes, strict=True):
+        block = slice(start, start + size)
+        np.testing.assert_allclose(
+            scorer.score(test_data.x[block], market[block]), reference[block], rtol=0, atol=1e-5
+        )
 
 
 def test_unnormalised_market_probabilities_give_the_same_answer(trained) -> None:

@@ -39,8 +39,10 @@ def test_round_trip_is_exact(tmp_path, trained_model) -> None:
     assert loaded.metadata["metrics"] == metadata["metrics"]
     assert loaded.model.feature_names == trained_model.feature_names
     np.testing.assert_array_equal(loaded.model.weights, trained_model.weights)
-    np.testing.assert_array_equal(loaded.model.standardizer.mean, trained_model.standardizer.mean)
-    np.testing.assert_array_equal(loaded.model.standardizer.scale, trained_model.standardizer.scale)
+    np.testing.assert_array_equal(loaded.model.design.knots, trained_model.design.knots)
+    np.testing.assert_array_equal(
+        loaded.model.design.outputs.scale, trained_model.design.outputs.scale
+    )
     assert (loaded.model.alpha, loaded.model.beta, loaded.model.market_beta, loaded.model.l2) == (
         trained_model.alpha,
         trained_model.beta,

@@ -26,6 +26,7 @@ import orjson
 
 from connectors.settings import get_settings
 from models.conditional_logit import Standardizer
+from models.design import Design
 from models.online import OnlineResidualModel
 from models.onnx_export import build_onnx_model
 from models.two_stage import TwoStageModel
@@ -62,10 +63,15 @@ class ModelVersion:
 
 
 def _params_document(model: TwoStageModel, online: OnlineResidualModel | None) -> dict[str, Any]:
+    design = model.design
     return {
-        "feature_names": list(model.feature_names),
-        "feature_mean": model.standardizer.mean.tolist(),
-        "feature_scale": model.standardizer.scale.tolist(),
+        "feature_names": list(design.feature_names),
+        "input_mean": design.inputs.mean.tolist(),
+        "input_scale": design.inputs.scale.tolist(),
+        "race_relative": design.race_relative,
+        "knots": design.knots.tolist(),
+        "output_mean": design.outputs.mean.tolist(),
+        "output_scale": design.outputs.scale.tolist(),
         "stage1_weights": model.weights.tolist(),
         "alpha": model.alpha,
         "beta": model.beta,
@@ -73,6 +79,23 @@ def _params_document(model: TwoStageModel, online: OnlineResidualModel | None) -
         "l2": model.l2,
         "online": online.state() if online is not None else None,
     }
+
+
+def _design_from(params: dict[str, Any]) -> Design:
+    names = tuple(params["feature_names"])
+    return Design(
+        feature_names=names,
+        inputs=Standardizer(
+            mean=np.asarray(params["input_mean"], dtype=np.float64),
+            scale=np.asarray(params["input_scale"], dtype=np.float64),
+        ),
+        race_relative=bool(params["race_relative"]),
+        knots=np.asarray(params["knots"], dtype=np.float64).reshape(-1, len(names)),
+        outputs=Standardizer(
+            mean=np.asarray(params["output_mean"], dtype=np.float64),
+            scale=np.asarray(params["output_scale"], dtype=np.float64),
+        ),
+    )
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
@@ -116,17 +139,15 @@ def load_version(model_dir: Path) -> ModelVersion:
         params = orjson.loads((model_dir / PARAMS_FILE).read_bytes())
         metadata = orjson.loads((model_dir / METADATA_FILE).read_bytes())
         model = TwoStageModel(
-            feature_names=tuple(params["feature_names"]),
-            standardizer=Standardizer(
-                mean=np.asarray(params["feature_mean"], dtype=np.float64),
-                scale=np.asarray(params["feature_scale"], dtype=np.float64),
-            ),
+            design=_design_from(params),
             weights=np.asarray(params["stage1_weights"], dtype=np.float64),
             alpha=float(params["alpha"]),
             beta=float(params["beta"]),
             market_beta=float(params["market_beta"]),
             l2=float(params["l2"]),
         )
+        if model.weights.shape != (len(model.design.column_names),):
+            raise ValueError("stage-1 weights do not match the design's columns")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{model_dir}: malformed model parameters: {exc}") from exc
     online = OnlineResidualModel.from_state(params["online"]) if params.get("online") else None
