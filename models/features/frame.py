@@ -24,14 +24,13 @@ from models.features import (
     trainer_intention,
     trip,
 )
-from models.features.runs import build_runs, cards_from_entries
+from models.features.runs import build_runs, cards_from_entries, with_days_since_prev
 from models.features.states import (
     DRAW_KEY,
     PACE_KEY,
-    PAR_GOING_KEY,
-    PAR_KEY,
     SPLITS,
     STATE_BUILDERS,
+    STATE_KEYS,
     add_speed_figures,
     as_of_join,
     build_states,
@@ -95,6 +94,17 @@ def card_keys(cards: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def keys_needed(cards: pl.DataFrame, horse_states: pl.DataFrame) -> dict[str, list[str]]:
+    """Per state table, the keys that card rows join on (last jockeys from the horses' states)."""
+    keyed = card_keys(cards)
+    last_jockeys = horse_states["jockey"].drop_nulls().unique().to_list()
+    wanted: dict[str, set[str]] = {}
+    for table, key_column, _ in STATE_JOINS:
+        values = last_jockeys if key_column == "h_jockey" else keyed[key_column].to_list()
+        wanted.setdefault(table, set()).update(v for v in values if v is not None)
+    return {table: sorted(keys) for table, keys in wanted.items()}
+
+
 def compute_features(cards: pl.DataFrame, states: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     """Card rows + states -> card rows with every FEATURE_COLUMNS column (Float64, no nulls)."""
     frame = card_keys(cards)
@@ -132,8 +142,17 @@ class FeatureState:
         return cls(runs=runs, par=par, states=build_states(runs))
 
     def states_for(self, cards: pl.DataFrame) -> Mapping[str, pl.DataFrame]:
-        del cards  # the as-of join picks each key's latest state before the race day
-        return self.states
+        """Only the rows of the entities the cards refer to (the as-of join does the rest)."""
+        horses = self.states["horse"].filter(pl.col("key").is_in(cards["runner_id"].implode()))
+        wanted = keys_needed(cards, horses)
+        return {
+            table: horses
+            if table == "horse"
+            else state.filter(
+                pl.col("key").is_in(pl.Series(wanted[table], dtype=pl.String).implode())
+            )
+            for table, state in self.states.items()
+        }
 
     def apply_result(self, card: Racecard, result: RaceResult) -> FeatureState:
         """Fold one race's result into the history; only the entities it touches are rebuilt."""
@@ -144,45 +163,38 @@ class FeatureState:
             pl.concat([self.runs, new_runs.select(self.runs.columns)], how="vertical_relaxed")
             .unique(["race_id", "runner_id"], keep="last", maintain_order=True)
             .sort("race_date", "race_id", "runner_id")
+            .pipe(with_days_since_prev)
         )
+        new_runs = runs.filter(pl.col("race_id") == card.race_id)
+        touched = touched_keys(new_runs)
         states = {
-            name: _rebuild_keys(self.states[name], builder, runs, new_runs)
+            name: _rebuild_keys(self.states[name], builder, runs, STATE_KEYS[name], touched)
             for name, builder in STATE_BUILDERS.items()
         }
-        par = _rebuild_keys(self.par, par_state, runs, new_runs)
+        par = _rebuild_keys(self.par, par_state, runs, STATE_KEYS["par"], touched)
         return replace(self, runs=runs, par=par, states=states)
 
 
-def _state_keys(runs: pl.DataFrame) -> list[pl.Expr]:
-    """Every key expression any state table uses (for picking the affected entities)."""
-    return [
-        pl.col("runner_id"),
-        pl.col("jockey"),
-        pl.col("trainer"),
-        pl.format("{}|{}", "trainer", "jockey"),
-        *SPLITS.values(),
-        DRAW_KEY,
-        PACE_KEY,
-        PAR_GOING_KEY,
-        PAR_KEY,
-    ]
+def touched_keys(new_runs: pl.DataFrame) -> pl.Series:
+    """Every entity key (of any state table) that the given runs change."""
+    expressions = [expr for keys in STATE_KEYS.values() for expr in keys]
+    keys = [new_runs.select(expr.alias("k")) for expr in expressions]
+    return pl.concat(keys)["k"].drop_nulls().unique()
 
 
 def _rebuild_keys(
     state: pl.DataFrame,
     builder: Callable[[pl.DataFrame], pl.DataFrame],
     runs: pl.DataFrame,
-    new_runs: pl.DataFrame,
+    key_expressions: list[pl.Expr],
+    touched: pl.Series,
 ) -> pl.DataFrame:
-    """Replace the rows of every key the new runs touch, rebuilt from those keys' full history."""
-    touched = (
-        pl.concat([new_runs.select(expr.alias("k")) for expr in _state_keys(new_runs)])["k"]
-        .drop_nulls()
-        .unique()
+    """Replace the rows of every touched key, rebuilt from those keys' full history."""
+    relevant = runs.filter(
+        pl.any_horizontal([key.is_in(touched.implode()) for key in key_expressions])
     )
-    relevant = runs.filter(pl.any_horizontal([expr.is_in(touched) for expr in _state_keys(runs)]))
-    rebuilt = builder(relevant).filter(pl.col("key").is_in(touched))
-    kept = state.filter(~pl.col("key").is_in(touched))
+    rebuilt = builder(relevant).filter(pl.col("key").is_in(touched.implode()))
+    kept = state.filter(~pl.col("key").is_in(touched.implode()))
     return pl.concat([kept, rebuilt], how="vertical_relaxed").sort("as_of", maintain_order=True)
 
 

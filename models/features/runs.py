@@ -95,10 +95,14 @@ def build_runs(entries: pl.DataFrame, form_runs: pl.DataFrame) -> pl.DataFrame:
     if form_runs.height:
         frames.append(_form_runs_as_runs(form_runs))
     runs = pl.concat(frames, how="diagonal_relaxed")
-    previous_run = pl.col("race_date").shift(1).over("runner_id", order_by="race_date")
-    runs = runs.with_columns(days_since_prev=(pl.col("race_date") - previous_run).dt.total_days())
-    runs = _with_outcome_measures(runs)
+    runs = _with_outcome_measures(with_days_since_prev(runs))
     return _with_performance_rating(runs).sort("race_date", "race_id", "runner_id")
+
+
+def with_days_since_prev(runs: pl.DataFrame) -> pl.DataFrame:
+    """Days since the horse's previous start (known before the start, so usable by states)."""
+    previous_run = pl.col("race_date").shift(1).over("runner_id", order_by="race_date")
+    return runs.with_columns(days_since_prev=(pl.col("race_date") - previous_run).dt.total_days())
 
 
 def _form_runs_as_runs(form_runs: pl.DataFrame) -> pl.DataFrame:

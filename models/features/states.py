@@ -233,6 +233,21 @@ STATE_BUILDERS = {
 }
 
 
+# The run columns each table is keyed by: its rows for a key depend only on the runs with
+# that key, which is what lets a new result rebuild just the keys it touches.
+STATE_KEYS: dict[str, list[pl.Expr]] = {
+    "horse": [pl.col("runner_id")],
+    "jockey": [pl.col("jockey")],
+    "trainer": [pl.col("trainer")],
+    "pair": [pl.format("{}|{}", "trainer", "jockey")],
+    "fresh": [pl.col("trainer")],
+    "split": list(SPLITS.values()),
+    "draw": [DRAW_KEY],
+    "pace": [PACE_KEY],
+    "par": [PAR_GOING_KEY, PAR_KEY],
+}
+
+
 def build_states(runs: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """All entity state tables from runs that already carry speed figures."""
     return {name: builder(runs) for name, builder in STATE_BUILDERS.items()}
