@@ -15,8 +15,8 @@ Failure handling:
   is rewritten table by table under savepoints, bisecting to the offending rows, which are
   stored in `dead_letters` (source `postgres_sink:<table>`) and counted as `rejected`;
   every other row is written. Nothing is dropped silently and the flow does not crash.
-- Plain PostgreSQL: monthly partitions for the months in a batch are created in the same
-  transaction the first time a month is seen (cached per writer).
+- Plain PostgreSQL: monthly partitions for the months in a batch are created (in a short
+  transaction of their own) the first time this writer sees a month.
 """
 
 from __future__ import annotations
@@ -238,6 +238,7 @@ class PostgresWriter:
         self.totals: Counter[str] = Counter()
         """Rows written per table (plus `rejected`) over the writer's life."""
         self.reconnects = 0
+        self._connected_before = False
         self._conn: psycopg.Connection | None = None
         self._flavour: str | None = None
         self._known_partitions: set[tuple[str, int, int]] = set()
@@ -270,7 +271,7 @@ class PostgresWriter:
                     attempt,
                     self.max_attempts,
                     delay,
-                    str(error).strip(),
+                    " ".join(str(error).split()),
                 )
                 time.sleep(delay)
                 attempt += 1
@@ -292,19 +293,17 @@ class PostgresWriter:
     def _write_once(
         self, conn: psycopg.Connection, groups: list[tuple[TableSpec, Sequence]]
     ) -> dict[str, int]:
+        self._ensure_partitions(conn, groups)
         try:
             with conn.transaction():
-                new_partitions = self._ensure_partitions(conn, groups)
-                counts = self._copy_and_insert(conn, groups)
+                return self._copy_and_insert(conn, groups)
         except Exception as error:
             if not _is_bad_data(error):
                 raise
             log.warning(
                 "batch has rows PostgreSQL rejects (%s); isolating them", _primary_message(error)
             )
-            return self._write_tolerant(conn, groups)
-        self._known_partitions |= new_partitions
-        return counts
+        return self._write_tolerant(conn, groups)
 
     def _copy_and_insert(
         self, conn: psycopg.Connection, groups: list[tuple[TableSpec, Sequence]]
@@ -328,7 +327,6 @@ class PostgresWriter:
         counts: Counter[str] = Counter()
         rejected: list[tuple[TableSpec, Any, BaseException]] = []
         with conn.transaction():
-            new_partitions = self._ensure_partitions(conn, groups)
             for spec, rows in groups:
                 counts[spec.table] += self._bisect(conn, spec, list(rows), rejected)
             if rejected:
@@ -336,7 +334,6 @@ class PostgresWriter:
                 counts[_DEAD_LETTERS.table] += self._copy_and_insert(
                     conn, [(_DEAD_LETTERS, letters)]
                 )[_DEAD_LETTERS.table]
-        self._known_partitions |= new_partitions
         counts["rejected"] = len(rejected)
         log.warning(
             "%d row(s) rejected by PostgreSQL, stored in dead_letters as %s<table>",
@@ -372,23 +369,29 @@ class PostgresWriter:
 
     def _ensure_partitions(
         self, conn: psycopg.Connection, groups: list[tuple[TableSpec, Sequence]]
-    ) -> set[tuple[str, int, int]]:
-        """Create missing monthly partitions in the current transaction; returns the new ones."""
+    ) -> None:
+        """Create the monthly partitions this batch needs that this writer has not seen.
+
+        Runs in its own short transaction before the batch: attaching a partition locks the
+        DEFAULT partition exclusively, which must not last as long as a batch write.
+        """
         if self._flavour != PLAIN:
-            return set()
+            return
         wanted: set[tuple[str, int, int]] = set()
         for spec, rows in groups:
             if spec.partition_column is not None:
                 index = spec.columns.index(spec.partition_column)
                 wanted |= {(spec.table, y, m) for y, m in _months(rows, index)}
         missing = sorted(wanted - self._known_partitions)
-        if missing:
+        if not missing:
+            return
+        with conn.transaction():
             conn.execute(
                 "SELECT velo_ensure_month_partition(t, make_date(y, m, 1))"
                 " FROM unnest(%s::text[], %s::int[], %s::int[]) AS p(t, y, m)",
                 ([t for t, _, _ in missing], [y for _, y, _ in missing], [m for *_, m in missing]),
             )
-        return set(missing)
+        self._known_partitions.update(missing)
 
     # -- connection -------------------------------------------------------------------
 
@@ -413,8 +416,9 @@ class PostgresWriter:
         except BaseException:
             conn.close()
             raise
-        if self._conn is not None:
+        if self._connected_before:
             self.reconnects += 1
+        self._connected_before = True
         self._conn = conn
         return conn
 

@@ -90,7 +90,10 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('velo_partition:' || partition));
-    IF to_regclass(quote_ident(partition)) IS NOT NULL THEN
+    -- Read pg_class with a fresh snapshot: an advisory lock does not refresh the catalog
+    -- cache that to_regclass uses, so it could miss a partition another writer just made.
+    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relname = partition AND n.nspname = current_schema()) THEN
         RETURN false;
     END IF;
 
