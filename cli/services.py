@@ -7,6 +7,7 @@ safe to repeat; `status` exits 0 only if all are healthy; `down` stops what velo
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +68,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _act(args: argparse.Namespace, action: Callable[[Service], ServiceStatus], verb: str) -> int:
     """Run `action` on every named service at once (start-up is mostly waiting) and report."""
-    errors = Console(stderr=True)
+    errors = Console(stderr=True, soft_wrap=True)  # long paths and URLs stay whole
     try:
         services = build_services(args.names or SERVICE_NAMES)
     except ServiceError as exc:
@@ -101,4 +102,5 @@ def _print_table(statuses: list[ServiceStatus], title: str) -> None:
         state = f"[{style}]{status.state}[/{style}]" if style else status.state
         pid = str(status.pid) if status.pid is not None else ""
         table.add_row(status.name, status.address, state, pid, escape(status.detail))
-    Console().print(table)
+    # Rich assumes 80 columns when not on a terminal; logs (CI, make test) have room for more.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)

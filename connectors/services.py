@@ -47,6 +47,8 @@ LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
 PROBE_TIMEOUT_S = 2.0
 POLL_INTERVAL_S = 0.25
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+# Where the cluster goes, as root, when the postgres user cannot reach $VELO_DATA_DIR.
+PG_RELOCATED_ROOT = Path("/var/lib/velo")
 KAFKA_POM = PROJECT_ROOT / "scripts" / "kafka" / "pom.xml"
 KAFKA_LIBS_STAMP = ".pom.sha256"
 # Small heap: the broker holds little in memory on a 2-core development box; the page cache does
@@ -350,7 +352,11 @@ class Service(ABC):
         if self.managed:
             pid = self.running_pid()
             if pid is not None:
+                deadline = time.monotonic() + timeout_s
                 self._shutdown(pid, timeout_s)
+                # pg_ctl returns once the pid file is gone, a moment before the process is.
+                while _pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 if _pid_alive(pid):
                     raise ServiceError(f"{self.name}: pid {pid} did not stop in {timeout_s:.0f} s")
         return self.status()
@@ -466,13 +472,14 @@ class PostgresService(Service):
         (self.data_dir / "velo.conf").write_text(self._settings())
         seconds = max(1, int(deadline - time.monotonic()))
         pg_ctl = [str(self.bin_dir / "pg_ctl"), "start", "-w", "-t", str(seconds)]
-        pg_ctl += ["-D", str(self.data_dir), "-l", str(self.log_path)]
+        pg_ctl += ["-D", str(self.data_dir.resolve()), "-l", str(self.log_path.resolve())]
         self._run_as_owner(pg_ctl, "pg_ctl start", seconds + 10)
 
     def _shutdown(self, pid: int, timeout_s: float) -> None:
         seconds = str(max(1, int(timeout_s)))
         pg_ctl = [str(self.bin_dir / "pg_ctl"), "stop", "-m", "fast", "-w", "-t", seconds]
-        self._run_as_owner([*pg_ctl, "-D", str(self.data_dir)], "pg_ctl stop", timeout_s + 10)
+        data_dir = str(self.data_dir.resolve())
+        self._run_as_owner([*pg_ctl, "-D", data_dir], "pg_ctl stop", timeout_s + 10)
 
     def _settings(self) -> str:
         """Included from postgresql.conf; rewritten at each start so the port follows the URL."""
@@ -488,15 +495,20 @@ class PostgresService(Service):
         )
 
     def _initdb(self, deadline: float) -> None:
-        initdb = [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.user]
+        initdb = [str(self.bin_dir / "initdb"), "-D", str(self.data_dir.resolve()), "-U", self.user]
         initdb += ["-E", "UTF8", "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=trust"]
         self._run_as_owner(initdb, "initdb", max(30.0, deadline - time.monotonic()))
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\ninclude = 'velo.conf'\n")
 
     def _make_root_dir(self) -> None:
-        """PostgreSQL refuses to run as root: as root, hand the directory to the postgres user."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """PostgreSQL refuses to run as root: as root, hand the directory to the postgres user.
+
+        When that user cannot reach it (the checkout lies under a 0700 directory such as
+        /root), the cluster lives under /var/lib/velo instead, behind a symlink at `root`.
+        """
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(exist_ok=True)
         if os.geteuid() != 0:
             return
         try:
@@ -506,20 +518,28 @@ class PostgresService(Service):
                 "postgres: there is no `postgres` OS user to run the server as (root may not); "
                 "run `make system-deps` (installs Debian's postgresql-15, which creates it)"
             ) from None
-        os.chown(self.root, owner.pw_uid, owner.pw_gid)
-        check = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(self.root)])
-        if check.returncode != 0:
+        os.chown(self.root.resolve(), owner.pw_uid, owner.pw_gid)
+        if _postgres_user_can_write(self.root.resolve()):
+            return
+        if self.root.is_symlink() or any(self.root.iterdir()):
             raise ServiceError(
-                f"postgres: the postgres OS user cannot write to {self.root} (a parent directory "
-                "is closed to other users); set VELO_DATA_DIR to a directory it can reach"
+                f"postgres: the postgres OS user cannot write to {self.root.resolve()} (a parent "
+                "directory is closed to other users); set VELO_DATA_DIR to a directory it can reach"
             )
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        relocated = PG_RELOCATED_ROOT / f"postgres-{digest}"
+        relocated.mkdir(parents=True, exist_ok=True)
+        PG_RELOCATED_ROOT.chmod(0o755)
+        os.chown(relocated, owner.pw_uid, owner.pw_gid)
+        self.root.rmdir()
+        self.root.symlink_to(relocated, target_is_directory=True)
 
     def _run_as_owner(self, argv: list[str], what: str, timeout_s: float) -> None:
         if os.geteuid() == 0:
             argv = ["runuser", "-u", "postgres", "--", *argv]
         try:
             result = subprocess.run(
-                argv, cwd=self.root, capture_output=True, text=True, timeout=timeout_s
+                argv, cwd=self.root.resolve(), capture_output=True, text=True, timeout=timeout_s
             )
         except subprocess.TimeoutExpired:
             raise ServiceError(f"postgres: {what} did not finish in {timeout_s:.0f} s") from None
@@ -529,6 +549,11 @@ class PostgresService(Service):
                 f"{(result.stdout + result.stderr).strip()}\n"
                 f"last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
             )
+
+
+def _postgres_user_can_write(directory: Path) -> bool:
+    check = ["runuser", "-u", "postgres", "--", "test", "-w", str(directory)]
+    return subprocess.run(check, capture_output=True).returncode == 0
 
 
 class RedisService(Service):

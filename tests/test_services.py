@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient
 from cli.main import main as velo
 from connectors.services import (
     PG_BIN_DIR,
+    PG_RELOCATED_ROOT,
     KafkaService,
     PostgresService,
     RedisService,
@@ -185,6 +186,28 @@ def test_postgres_starts_with_its_database_and_restarts(service_root: Path) -> N
             assert conn.execute("select id from kept").fetchall() == [(1,)]
     finally:
         service.down(60)
+
+
+def test_postgres_under_a_closed_directory_is_relocated_for_the_postgres_user(
+    service_root: Path,
+) -> None:
+    require_postgres_binaries()
+    if os.geteuid() != 0:
+        pytest.skip("only root runs PostgreSQL as another user")
+    closed = service_root / "closed"
+    closed.mkdir(mode=0o700)
+    port = free_port_pair()
+    url = f"postgresql://postgres@127.0.0.1:{port}/velo"
+    service = PostgresService(url, closed / "services" / "postgres")
+    try:
+        assert service.up(START_TIMEOUT_S).state == "running"
+        assert service.root.is_symlink()
+        assert service.root.resolve().parent == PG_RELOCATED_ROOT
+        assert service.down(60).state == "stopped"
+    finally:
+        service.down(60)
+        if service.root.is_symlink():
+            shutil.rmtree(service.root.resolve(), ignore_errors=True)
 
 
 def test_kafka_starts_auto_creates_four_partitions_and_stops(service_root: Path) -> None:
