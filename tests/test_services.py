@@ -3,9 +3,11 @@ private instances on free ports, and the errors for ports held by something else
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,8 @@ from confluent_kafka.admin import AdminClient
 
 from cli.main import main as velo
 from connectors.services import (
+    KAFKA_LIBS_STAMP,
+    KAFKA_POM,
     PG_BIN_DIR,
     PG_RELOCATED_ROOT,
     KafkaService,
@@ -299,3 +303,82 @@ def test_unknown_service_is_rejected() -> None:
     with pytest.raises(ServiceError, match=r"unknown service.*mysql.*postgres, kafka, redis"):
         build_services(["mysql"])
     assert velo(["services", "status", "mysql"]) == 2
+
+
+# --- scripts/install-system-deps.sh: its decisions, with apt-get, dpkg-query and mvn faked ---
+
+INSTALL_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-system-deps.sh"
+
+
+def _fake_tools(bin_dir: Path, calls: Path, missing_package: str | None) -> None:
+    """apt-get and mvn that log their arguments; dpkg-query that hides `missing_package`."""
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(
+        f'#!/bin/sh\necho "apt-get $*" >> {calls}\n'
+        # The first install fails, as with stale package lists; later ones succeed.
+        f'if [ "$1" = install ] && ! grep -q update {calls}; then exit 100; fi\n'
+    )
+    (bin_dir / "mvn").write_text(f'#!/bin/sh\necho "mvn $*" >> {calls}\nexit 1\n')
+    hide = missing_package or "no-such-package"
+    (bin_dir / "dpkg-query").write_text(
+        f'#!/bin/sh\nfor last; do :; done\n[ "$last" = {hide} ] && exit 1\n'
+        f'exec /usr/bin/dpkg-query "$@"\n'
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+
+
+def _run_install_script(bin_dir: Path, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VELO_DATA_DIR": str(data_dir)}
+    return subprocess.run(
+        ["bash", str(INSTALL_SCRIPT)], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def data_dir_with_kafka_libs(tmp_path: Path) -> Path:
+    """A data dir whose Kafka libs carry the current pom's stamp (so Maven is not needed)."""
+    libs = tmp_path / "data" / "kafka" / "libs"
+    libs.mkdir(parents=True)
+    stamp = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()
+    (libs / KAFKA_LIBS_STAMP).write_text(stamp + "\n")
+    return tmp_path / "data"
+
+
+def test_install_script_does_nothing_when_all_is_there(
+    tmp_path: Path, data_dir_with_kafka_libs: Path
+) -> None:
+    if not (PG_BIN_DIR / "postgres").is_file() or shutil.which("redis-server") is None:
+        pytest.skip("this machine lacks the packages; the script would really install them")
+    calls = tmp_path / "calls.log"
+    _fake_tools(tmp_path / "bin", calls, missing_package=None)
+    result = _run_install_script(tmp_path / "bin", data_dir_with_kafka_libs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not calls.exists(), "neither apt-get nor Maven may run when all is installed"
+    assert "system packages present" in result.stdout
+    assert "Kafka jars present" in result.stdout
+
+
+def test_install_script_installs_a_missing_package_updating_lists_when_needed(
+    tmp_path: Path, data_dir_with_kafka_libs: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the script would call sudo")
+    calls = tmp_path / "calls.log"
+    _fake_tools(tmp_path / "bin", calls, missing_package="redis-server")
+    result = _run_install_script(tmp_path / "bin", data_dir_with_kafka_libs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    install = "apt-get install -y -q --no-install-recommends redis-server"
+    assert calls.read_text().splitlines() == [install, "apt-get update -q", install]
+
+
+def test_install_script_reports_a_failed_jar_fetch(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.log"
+    _fake_tools(tmp_path / "bin", calls, missing_package=None)
+    result = _run_install_script(tmp_path / "bin", tmp_path / "data")
+    if "installing" in result.stdout:
+        pytest.skip("this machine lacks the packages; the script would really install them")
+    assert result.returncode == 1
+    assert "Maven could not fetch the Kafka jars" in result.stdout
+    assert not (tmp_path / "data" / "kafka" / "libs").exists()
+    assert [p.name for p in (tmp_path / "data" / "kafka").iterdir()] == ["mvn.log"]
