@@ -253,3 +253,46 @@ def test_worker_survives_postgresql_stopping(
         if worker.poll() is None:
             worker.kill()
         drop_database(database)
+
+
+def test_worker_survives_a_kafka_broker_restart(
+    betfair_dir: Path,
+    kafka_bootstrap: str,
+    kafka_topic,
+    fresh_database: str,
+    reference_database: str,
+) -> None:
+    """The broker restarts while lines are being published and consumed; nothing is lost."""
+    import threading
+
+    from connectors.services import build_services
+
+    topic = kafka_topic(partitions=4, prefix="mcm")
+    dead_topic = kafka_topic(partitions=1, prefix="dead")
+    worker = _worker(
+        _env(kafka_bootstrap, topic, fresh_database, dead_topic), "--exit-when-idle", "30"
+    )
+    published: list = []
+    publisher = threading.Thread(
+        target=lambda: published.append(
+            publish_files(
+                [betfair_dir / name for name in FILES], topic, rate=4000, bootstrap=kafka_bootstrap
+            )
+        )
+    )
+    publisher.start()
+    (kafka,) = build_services(["kafka"])
+    try:
+        time.sleep(2.0)
+        kafka.down(60)
+        time.sleep(2.0)
+        kafka.up(120)
+        publisher.join(300)
+        assert published and published[0].delivery_failures == 0
+        _finish(worker)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        kafka.up(120)
+    for table in TABLES:
+        assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
