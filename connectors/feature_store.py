@@ -379,7 +379,7 @@ class FeatureStore:
         tables = [(entity, after.states[table]) for entity, table in ENTITIES.items()]
         written: dict[str, int] = {}
         for entity, state in [*tables, (PAR_ENTITY, after.par)]:
-            rows = state.filter(pl.col("key").is_in(touched))
+            rows = state.filter(pl.col("key").is_in(touched.implode()))
             self.offline.write(entity, rows, part)
             written[entity] = self.online.write_latest(entity, rows)
         return written
