@@ -22,12 +22,12 @@ def _csv(value: str) -> tuple[str, ...]:
 
 
 def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--event-type-ids", type=_csv, default=("7",), help="e.g. 7 (horse racing)")
-    parser.add_argument("--countries", type=_csv, default=("GB", "IE", "AU"), help="ISO codes")
-    parser.add_argument("--market-types", type=_csv, default=("WIN", "PLACE"))
-    parser.add_argument("--market-ids", type=_csv, default=(), help="only these markets")
-    parser.add_argument("--venues", type=_csv, default=(), help="only these venues")
-    parser.add_argument("--bootstrap", default=None, help="Kafka servers (default KAFKA_BOOTSTRAP)")
+    parser.add_argument("--event-type-ids", type=_csv, default="7", help="7 = horse racing")
+    parser.add_argument("--countries", type=_csv, default="GB,IE,AU", help="'' = any")
+    parser.add_argument("--market-types", type=_csv, default="WIN,PLACE", help="'' = any")
+    parser.add_argument("--market-ids", type=_csv, default="", help="only these markets")
+    parser.add_argument("--venues", type=_csv, default="", help="only these venues")
+    parser.add_argument("--bootstrap", default=None, help="Kafka servers; unset: KAFKA_BOOTSTRAP")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,11 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_filter_arguments(scout)
-    scout.add_argument("--fields", type=_csv, default=DEFAULT_FIELDS, help="market data fields")
+    scout.add_argument(
+        "--fields", type=_csv, default=",".join(DEFAULT_FIELDS), help="market data fields"
+    )
     scout.add_argument("--ladder-levels", type=int, default=None, help="1-10 (best-offer fields)")
     scout.add_argument("--conflate-ms", type=int, default=None, help="0-120000; unset: none")
     scout.add_argument("--heartbeat-ms", type=int, default=5000, help="500-30000")
-    scout.add_argument("--topic", default=None, help="default VELO_TOPIC_MCM")
+    scout.add_argument("--topic", default=None, help="unset: VELO_TOPIC_MCM")
     scout.add_argument(
         "--record", type=Path, default=None, metavar="DIR", help="also write DIR/<market>.gz"
     )
@@ -60,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_filter_arguments(racecards)
-    racecards.add_argument("--topic", default=None, help="default VELO_TOPIC_RACECARDS")
+    racecards.add_argument("--topic", default=None, help="unset: VELO_TOPIC_RACECARDS")
     racecards.add_argument("--interval", type=float, default=300.0, help="seconds between polls")
     racecards.add_argument(
         "--hours-ahead", type=float, default=24.0, help="markets starting within"

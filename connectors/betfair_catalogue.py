@@ -258,6 +258,7 @@ class RacecardSink:
                 "linger.ms": 20,
                 "partitioner": "murmur2_random",
                 "client.id": "velo-racecards",
+                "logger": logging.getLogger("velo.racecards.kafka"),
             }
         )
 

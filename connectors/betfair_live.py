@@ -155,6 +155,19 @@ class BetfairEndpoints:
 # --------------------------------------------------------------------------------------------
 
 
+class _TrustingAdapter(requests.adapters.HTTPAdapter):
+    """Verify HTTPS against one CA file, whatever REQUESTS_CA_BUNDLE says (requests lets that
+    environment variable override `Session.verify`)."""
+
+    def __init__(self, ca_file: Path) -> None:
+        super().__init__()
+        self.ca_file = str(ca_file)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        kwargs["verify"] = self.ca_file
+        return super().send(request, **kwargs)
+
+
 def make_api_client(
     settings: Settings, endpoints: BetfairEndpoints
 ) -> betfairlightweight.APIClient:
@@ -173,7 +186,7 @@ def make_api_client(
     assert settings.betfair_password is not None and settings.betfair_app_key is not None
     session = requests.Session()
     if endpoints.ca_file:
-        session.verify = str(endpoints.ca_file)
+        session.mount("https://", _TrustingAdapter(endpoints.ca_file))
     client = betfairlightweight.APIClient(
         settings.betfair_username or "",
         settings.betfair_password.get_secret_value(),
@@ -336,6 +349,7 @@ class KafkaMcmSink:
                 "delivery.timeout.ms": delivery_timeout_ms,
                 "partitioner": "murmur2_random",  # same market → partition mapping as Java
                 "client.id": "velo-scout",
+                "logger": logging.getLogger("velo.scout.kafka"),
             }
         )
 

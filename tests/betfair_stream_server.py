@@ -355,8 +355,32 @@ class DataFilter:
         keys = frozenset(key for name in fields for key in RUNNER_FIELD_KEYS[name])
         return cls(keys, "EX_MARKET_DEF" in fields, "tv" in keys, levels)
 
+    def _removes_something(self, change: dict[str, Any]) -> bool:
+        if "marketDefinition" in change and not self.market_definition:
+            return True
+        if "tv" in change and not self.traded_volume:
+            return True
+        for runner in change.get("rc") or ():
+            for key, value in runner.items():
+                if key in ("id", "hc"):
+                    continue
+                if key not in self.runner_keys:
+                    return True
+                if (
+                    self.ladder_levels is not None
+                    and key in LEVEL_KEYS
+                    and any(level[0] >= self.ladder_levels for level in value)
+                ):
+                    return True
+        return False
+
     def project(self, change: dict[str, Any]) -> dict[str, Any] | None:
-        """The market change as this subscription sees it, or None when nothing is left."""
+        """The market change as this subscription sees it, or None when nothing is left.
+
+        A change the filter does not cut passes through as recorded (same keys and values).
+        """
+        if not self._removes_something(change):
+            return change
         projected: dict[str, Any] = {"id": change["id"]}
         if self.market_definition and "marketDefinition" in change:
             projected["marketDefinition"] = change["marketDefinition"]
@@ -405,9 +429,8 @@ def conflate(changes: list[dict[str, Any]]) -> dict[str, Any]:
             for key, value in runner.items():
                 if key in PRICE_KEYS or key in LEVEL_KEYS:
                     ladder = slot.setdefault(key, {})
-                    width = 2 if key in LEVEL_KEYS else 1
-                    for entry in value:
-                        ladder[tuple(entry[:width]) if width == 2 else entry[0]] = entry
+                    for entry in value:  # keyed by price ([p, v]) or by level ([l, p, v])
+                        ladder[entry[0]] = entry
                 else:
                     slot[key] = value
     if runners:
@@ -455,8 +478,9 @@ class BetfairStreamServer:
 
     `valid_sessions` is shared with `BetfairApiServer` (sessions it issues are accepted).
     `drop_after[k]`, when present, cuts the k-th subscribed connection abruptly after that many
-    data messages. Runs its own asyncio loop in a daemon thread: `start()` / `stop()`, or use it
-    as a context manager.
+    data messages (and with `expire_sessions_on_drop` also invalidates every session, as an
+    expired login would). `pause_every=(n, seconds)` idles, sending heartbeats, after every n.
+    Runs its own asyncio loop in a daemon thread: `start()` / `stop()`, or a context manager.
     """
 
     def __init__(
@@ -468,6 +492,7 @@ class BetfairStreamServer:
         valid_sessions: set[str],
         drop_after: Iterable[int] = (),
         pause_every: tuple[int, float] | None = None,
+        expire_sessions_on_drop: bool = False,
         auth_timeout_s: float = 15.0,
     ) -> None:
         self.feed = feed
@@ -476,6 +501,7 @@ class BetfairStreamServer:
         self.valid_sessions = valid_sessions
         self.drop_after = list(drop_after)
         self.pause_every = pause_every
+        self.expire_sessions_on_drop = expire_sessions_on_drop
         self.auth_timeout_s = auth_timeout_s
         self.connections: list[ConnectionRecord] = []
         self.port = 0
@@ -670,6 +696,8 @@ class BetfairStreamServer:
             record.data_messages_sent += 1
             if drop_after is not None and record.data_messages_sent >= drop_after:
                 record.dropped = True
+                if self.expire_sessions_on_drop:
+                    self.valid_sessions.clear()
                 writer.transport.abort()
                 return
             if self.pause_every and record.data_messages_sent % self.pause_every[0] == 0:
