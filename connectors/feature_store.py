@@ -372,10 +372,11 @@ class FeatureStore:
         after = self.state.apply_result(card, result)
         self._state = after
         part = f"{result.meeting_date.isoformat()}-{result.race_id}"
-        new_runs = after.runs.filter(pl.col("race_id") == result.race_id)
-        touched = touched_keys(new_runs)
-        self.offline.write("runs", new_runs, part)
-        self.offline.write(RACE_ENTITY, race_table(new_runs), part)
+        # The meeting's speed figures change with each result (shared track variant).
+        day_runs = after.runs.filter(pl.col("race_date") == result.meeting_date)
+        touched = touched_keys(day_runs)
+        self.offline.write("runs", day_runs, part)
+        self.offline.write(RACE_ENTITY, race_table(day_runs), part)
         tables = [(entity, after.states[table]) for entity, table in ENTITIES.items()]
         written: dict[str, int] = {}
         for entity, state in [*tables, (PAR_ENTITY, after.par)]:

@@ -155,18 +155,23 @@ class FeatureState:
         }
 
     def apply_result(self, card: Racecard, result: RaceResult) -> FeatureState:
-        """Fold one race's result into the history; only the entities it touches are rebuilt."""
-        entries = entries_from_events(card, result)
-        new_runs = build_runs(entries, pl.DataFrame())
-        new_runs = add_speed_figures(new_runs, self.par)
+        """Fold one race's result into the history; only the entities it touches are rebuilt.
+
+        The day's speed figures share a track variant, so the whole meeting's figures (and the
+        states of every horse that ran that day) are recomputed with each result.
+        """
+        new_runs = build_runs(entries_from_events(card, result), pl.DataFrame())
         runs = (
-            pl.concat([self.runs, new_runs.select(self.runs.columns)], how="vertical_relaxed")
+            pl.concat([self.runs, new_runs], how="diagonal_relaxed")
             .unique(["race_id", "runner_id"], keep="last", maintain_order=True)
-            .sort("race_date", "race_id", "runner_id")
             .pipe(with_days_since_prev)
         )
-        new_runs = runs.filter(pl.col("race_id") == card.race_id)
-        touched = touched_keys(new_runs)
+        same_day = pl.col("race_date") == card.meeting_date
+        day_runs = add_speed_figures(runs.filter(same_day).drop("speed_fig"), self.par)
+        runs = pl.concat([runs.filter(~same_day), day_runs.select(runs.columns)]).sort(
+            "race_date", "race_id", "runner_id"
+        )
+        touched = touched_keys(day_runs)
         states = {
             name: _rebuild_keys(self.states[name], builder, runs, STATE_KEYS[name], touched)
             for name, builder in STATE_BUILDERS.items()

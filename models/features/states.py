@@ -46,6 +46,10 @@ PAR_MIN_RACES = {"par_going": 5, "par": 3}
 EARLY_LEADER_PCT = 0.25
 # Seconds per km around the par; beyond this a time is a data error or a horse eased down.
 SPEED_FIG_RANGE = (-6.0, 3.0)
+# Weight to time, on the handicapper's scale (1 lb ~ 1/3 length ~ 0.053 s over 1200 m): a figure
+# run under more weight is worth more.
+WEIGHT_FIG_PER_LB = 0.044
+WEIGHT_FIG_BASE_LBS = 126.0
 # A count column (a bare literal would aggregate to one per group, not one per row).
 ONE = pl.col("_one")
 
@@ -94,10 +98,13 @@ def cumulative_state(
 
 
 def add_speed_figures(runs: pl.DataFrame, par: pl.DataFrame) -> pl.DataFrame:
-    """Speed figure of each start: seconds per km faster than the par of earlier days.
+    """Speed figure of each start: seconds per km faster than par, corrected for the day.
 
     The par is the mean winning time for the venue, surface, distance and going group (or, with
-    fewer than 5 such races, any going), from races strictly before the start's day.
+    fewer than 5 such races, any going), from races strictly before the start's day. The track
+    variant (how fast the surface rode that day) is the median of that meeting's winners against
+    their pars, so a figure depends on its whole meeting: it is only read by later days' races,
+    and an incremental update recomputes the meeting's figures as its results arrive.
     """
     runs = runs.with_columns(_par_going=PAR_GOING_KEY, _par=PAR_KEY)
     for name, column in (("par_going", "_par_going"), ("par", "_par")):
@@ -110,11 +117,15 @@ def add_speed_figures(runs: pl.DataFrame, par: pl.DataFrame) -> pl.DataFrame:
             pl.col("_par_time") / pl.col("_par_races")
         ),
     )
-    speed = ((par_time - pl.col("finish_time_s")) / (pl.col("distance_m") / 1000.0)).clip(
-        *SPEED_FIG_RANGE
-    )
-    helper_columns = [c for c in runs.columns if c.startswith(("_par_", "_par"))]
-    return runs.with_columns(speed_fig=speed).drop(helper_columns)
+    km = pl.col("distance_m") / 1000.0
+    runs = runs.with_columns(_race_dev=(pl.col("winning_time_s") - par_time) / km)
+    meeting = ["race_date", "venue", "surface"]
+    variants = runs.unique("race_id").group_by(meeting).agg(_variant=pl.col("_race_dev").median())
+    runs = runs.join(variants, on=meeting, how="left", nulls_equal=True)
+    speed = (par_time - pl.col("finish_time_s")) / km + pl.col("_variant").fill_null(0.0)
+    speed = speed + WEIGHT_FIG_PER_LB * (pl.col("weight_carried_lbs") - WEIGHT_FIG_BASE_LBS)
+    helpers = [c for c in runs.columns if c.startswith(("_par", "_race_dev", "_variant"))]
+    return runs.with_columns(speed_fig=speed.clip(*SPEED_FIG_RANGE)).drop(helpers)
 
 
 def par_state(runs: pl.DataFrame) -> pl.DataFrame:
