@@ -25,7 +25,12 @@ from operators.records import (
 )
 from operators.runner_book import LadderDelta
 from operators.stream_messages import BadLine, MarketChange
-from operators.windows import DEFAULT_WINDOW_SECONDS, MARKET_SELECTION_ID, MarketWindows
+from operators.windows import (
+    DEFAULT_WINDOW_SECONDS,
+    MARKET_SELECTION_ID,
+    PERSISTED_WINDOW_SECONDS,
+    MarketWindows,
+)
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -41,6 +46,8 @@ class SinkBatch:
     runner_ticks: list[RunnerTick] = field(default_factory=list)
     market_ticks: list[MarketTick] = field(default_factory=list)
     windows: list[WindowAggregate] = field(default_factory=list)
+    live_windows: list[WindowAggregate] = field(default_factory=list)
+    """Closed windows of lengths that are not persisted (for in-flow detectors only)."""
     results: list[ResultRow] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     deltas: list[LadderDelta] = field(default_factory=list)
@@ -55,6 +62,7 @@ class SinkBatch:
         self.runner_ticks.extend(other.runner_ticks)
         self.market_ticks.extend(other.market_ticks)
         self.windows.extend(other.windows)
+        self.live_windows.extend(other.live_windows)
         self.results.extend(other.results)
         self.dead_letters.extend(other.dead_letters)
         self.deltas.extend(other.deltas)
@@ -70,15 +78,20 @@ class MarketProcessor:
         self,
         market_id: str,
         window_seconds: tuple[int, ...] = DEFAULT_WINDOW_SECONDS,
+        persisted_window_seconds: tuple[int, ...] = PERSISTED_WINDOW_SECONDS,
         keep_deltas: bool = False,
     ) -> None:
         self.market_id = market_id
         self.book = MarketBook(market_id)
-        self.windows = MarketWindows(market_id, window_seconds)
+        self.windows = MarketWindows(market_id, window_seconds, persisted_window_seconds)
         self.keep_deltas = keep_deltas
         self.seq = 0
         self.started = False
         self.last_publish_ms = 0
+        # Tick rows are written only when a value changes: a message that moves nothing a
+        # tick shows (e.g. a level deep in the ladder) leaves its trace in the windows' churn.
+        self._last_runner_values: dict[tuple[int, float], tuple] = {}
+        self._last_market_values: tuple | None = None
 
     def process(self, changes: list[MarketChange], out: SinkBatch | None = None) -> SinkBatch:
         out = out if out is not None else SinkBatch()
@@ -103,7 +116,7 @@ class MarketProcessor:
         self.seq += 1
         out.messages += 1
         windows = self.windows
-        windows.advance(publish_ms, out.windows)
+        windows.advance(publish_ms, out.windows, out.live_windows)
 
         deltas: list[LadderDelta] | None = out.deltas if self.keep_deltas else None
         book = self.book
@@ -120,47 +133,44 @@ class MarketProcessor:
             wom = runner.weight_of_money()
             price = runner.ltp if runner.ltp is not None else runner.best_back
             windows.observe(key, price, update, wom)
-            out.runner_ticks.append(
-                RunnerTick(
-                    self.market_id,
-                    key[0],
-                    key[1],
-                    publish_time,
-                    self.seq,
-                    runner.status,
-                    book.in_play,
-                    runner.best_back,
-                    runner.best_size("back"),
-                    runner.best_lay,
-                    runner.best_size("lay"),
-                    runner.ltp,
-                    runner.trd_volume,
-                    runner.spread_ticks(),
-                    wom,
-                    runner.implied_probability(),
-                    runner.vwap(),
-                    runner.spn,
-                    runner.spf,
-                    seconds_to_off,
-                )
+            values = (
+                runner.status,
+                book.in_play,
+                runner.best_back,
+                runner.best_size("back"),
+                runner.best_lay,
+                runner.best_size("lay"),
+                runner.ltp,
+                runner.trd_volume,
+                runner.spread_ticks(),
+                wom,
+                runner.implied_probability(),
+                runner.vwap(),
+                runner.spn,
+                runner.spf,
             )
+            if self._last_runner_values.get(key) != values:
+                self._last_runner_values[key] = values
+                out.runner_ticks.append(
+                    RunnerTick(
+                        self.market_id,
+                        key[0],
+                        key[1],
+                        publish_time,
+                        self.seq,
+                        *values,
+                        seconds_to_off,
+                    )
+                )
         if result.touched:
             windows.observe((MARKET_SELECTION_ID, 0.0), None, result.market_update(), None)
         back_book, lay_book, active = book.overrounds()
-        out.market_ticks.append(
-            MarketTick(
-                self.market_id,
-                publish_time,
-                self.seq,
-                book.status,
-                book.in_play,
-                book.total_matched,
-                back_book,
-                lay_book,
-                active,
-                seconds_to_off,
+        market_values = (book.status, book.in_play, book.total_matched, back_book, lay_book, active)
+        if market_values != self._last_market_values:
+            self._last_market_values = market_values
+            out.market_ticks.append(
+                MarketTick(self.market_id, publish_time, self.seq, *market_values, seconds_to_off)
             )
-        )
 
     def _emit_definition(self, publish_time: datetime, out: SinkBatch) -> None:
         book = self.book
@@ -207,7 +217,7 @@ class MarketProcessor:
 
     def finish(self, out: SinkBatch) -> SinkBatch:
         """End of stream: close open windows and add the per-runner final snapshot."""
-        self.windows.flush(out.windows)
+        self.windows.flush(out.windows, out.live_windows)
         out.snapshots.extend(
             runner.snapshot(self.market_id) for runner in self.book.runners.values()
         )

@@ -16,6 +16,9 @@ from operators.records import WindowAggregate
 from operators.runner_book import RunnerUpdate
 
 DEFAULT_WINDOW_SECONDS: tuple[int, ...] = (1, 10, 60)
+PERSISTED_WINDOW_SECONDS: tuple[int, ...] = (10, 60)
+"""Lengths written to the database; 1 s windows feed in-flow detectors only (they would
+add about one row per stream message)."""
 MARKET_SELECTION_ID = 0
 """Market-level windows are stored with this selection id."""
 
@@ -72,24 +75,35 @@ class WindowAccumulator:
 class MarketWindows:
     """All windows of one market, for every configured length."""
 
-    def __init__(self, market_id: str, window_seconds: tuple[int, ...] = DEFAULT_WINDOW_SECONDS):
+    def __init__(
+        self,
+        market_id: str,
+        window_seconds: tuple[int, ...] = DEFAULT_WINDOW_SECONDS,
+        persisted_seconds: tuple[int, ...] = PERSISTED_WINDOW_SECONDS,
+    ):
         if not window_seconds or any(s <= 0 for s in window_seconds):
             raise ValueError(f"window lengths must be positive seconds, got {window_seconds!r}")
         self.market_id = market_id
         self.window_seconds = tuple(sorted(set(window_seconds)))
+        self.persisted_seconds = frozenset(persisted_seconds)
         self._start_ms: dict[int, int | None] = {s: None for s in self.window_seconds}
         self._open: dict[int, dict[tuple[int, float], WindowAccumulator]] = {
             s: {} for s in self.window_seconds
         }
 
-    def advance(self, publish_time_ms: int, out: list[WindowAggregate]) -> None:
-        """Close every window that ends at or before `publish_time_ms`."""
+    def advance(
+        self, publish_time_ms: int, persisted: list[WindowAggregate], live: list[WindowAggregate]
+    ) -> None:
+        """Close every window that ends at or before `publish_time_ms`.
+
+        Closed windows go to `persisted` when their length is stored, else to `live`.
+        """
         for seconds in self.window_seconds:
             length = seconds * 1000
             start = self._start_ms[seconds]
             if start is None or publish_time_ms >= start + length:
                 if start is not None:
-                    self._close(seconds, start, out)
+                    self._close(seconds, start, persisted, live)
                 self._start_ms[seconds] = publish_time_ms - publish_time_ms % length
 
     def observe(
@@ -101,18 +115,25 @@ class MarketWindows:
                 acc = accumulators[key] = WindowAccumulator()
             acc.observe(price, update, wom)
 
-    def flush(self, out: list[WindowAggregate]) -> None:
+    def flush(self, persisted: list[WindowAggregate], live: list[WindowAggregate]) -> None:
         """Close all open windows (end of stream)."""
         for seconds in self.window_seconds:
             start = self._start_ms[seconds]
             if start is not None:
-                self._close(seconds, start, out)
+                self._close(seconds, start, persisted, live)
             self._start_ms[seconds] = None
 
-    def _close(self, seconds: int, start_ms: int, out: list[WindowAggregate]) -> None:
+    def _close(
+        self,
+        seconds: int,
+        start_ms: int,
+        persisted: list[WindowAggregate],
+        live: list[WindowAggregate],
+    ) -> None:
         accumulators = self._open[seconds]
         if not accumulators:
             return
+        out = persisted if seconds in self.persisted_seconds else live
         window_start = datetime.fromtimestamp(start_ms / 1000, UTC)
         window_end = datetime.fromtimestamp((start_ms + seconds * 1000) / 1000, UTC)
         for (selection_id, handicap), acc in accumulators.items():

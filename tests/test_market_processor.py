@@ -146,8 +146,9 @@ def test_windows_aggregate_moves_volume_and_churn() -> None:
     assert window.back_added == pytest.approx(160 + 400 + 500 * 3)
     market_window = next(w for w in out.windows if w.window_secs == 10 and w.selection_id == 0)
     assert market_window.updates == 5
-    # one-second windows: each steam update falls into its own second or shares one
-    assert sum(w.updates for w in out.windows if w.window_secs == 1 and w.selection_id == 1) == 5
+    # one-second windows feed detectors in the flow and are not persisted
+    assert not [w for w in out.windows if w.window_secs == 1]
+    assert sum(w.updates for w in out.live_windows if w.selection_id == 1) == 5
 
 
 def test_unknown_market_before_image_is_dead_lettered() -> None:
@@ -162,7 +163,7 @@ def test_out_of_order_publish_time_is_applied_and_counted() -> None:
     processor, out = run(IMAGE, late)
     assert [d.reason for d in out.dead_letters] == ["out_of_order_publish_time"]
     assert processor.book.runners[(1, 0.0)].atb[3.0] == 7
-    assert len(out.runner_ticks) == 4
+    assert len(out.runner_ticks) == 4  # runner 1 changed: a tick even though late
 
 
 def test_negative_and_non_numeric_sizes_are_skipped_and_counted() -> None:
@@ -212,3 +213,14 @@ def test_closing_definition_emits_results() -> None:
         (2, "LOSER"),
         (3, "REMOVED"),
     }
+
+
+def test_ticks_are_written_only_when_a_value_changes() -> None:
+    deep = line(T0 + 10, {"id": MARKET, "rc": [{"id": 1, "atb": [[1.5, 3]]}]})
+    top = line(T0 + 20, {"id": MARKET, "rc": [{"id": 1, "atb": [[3.0, 101]]}]})
+    processor, out = run(IMAGE, deep, top)
+    assert [(t.seq, t.selection_id) for t in out.runner_ticks] == [(1, 1), (1, 2), (1, 3), (3, 1)]
+    assert [t.seq for t in out.market_ticks] == [1]  # the book % did not move
+    processor.finish(out)
+    ten_second = next(w for w in out.windows if w.window_secs == 10 and w.selection_id == 1)
+    assert ten_second.back_added == pytest.approx(160 + 3 + 1)  # the deep level is in the churn
