@@ -841,7 +841,18 @@ def _catalogue_matches(catalogue: dict[str, Any], market_filter: dict[str, Any])
         ("venues", event.get("venue")),
         ("marketTypeCodes", (catalogue.get("description") or {}).get("marketType")),
     )
-    return all(not market_filter.get(key) or value in market_filter[key] for key, value in checks)
+    if not all(not market_filter.get(key) or value in market_filter[key] for key, value in checks):
+        return False
+    window = market_filter.get("marketStartTime") or {}
+    start = catalogue.get("marketStartTime")
+    if window and start:
+        moment = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+        for bound, inside in (("from", lambda b: moment >= b), ("to", lambda b: moment <= b)):
+            if window.get(bound) and not inside(
+                dt.datetime.fromisoformat(window[bound].replace("Z", "+00:00"))
+            ):
+                return False
+    return True
 
 
 def project_catalogue(catalogue: dict[str, Any], projection: list[str]) -> dict[str, Any]:
