@@ -60,7 +60,10 @@ def _train(args: argparse.Namespace) -> int:
     summary = {
         "version": version.version,
         "path": str(version.path),
-        "l2": version.metadata["l2"],
+        "stage1": {
+            key: version.metadata["stage1"][key]
+            for key in ("variant", "fundamental_l2", "combination_source", "combination_l2")
+        },
         "stage2": version.metadata["stage2"],
         "online_kept": version.metadata["online"]["kept"],
         "validation": {

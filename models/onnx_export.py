@@ -3,8 +3,9 @@
 Inputs: `features` float32 [n_runners, n_features] in raw units (the graph applies the model's
 design: standardisation, within-race z-scores, hinges)
 and `market_probs` float32 [n_runners] (1/odds; normalising them is optional because a constant
-factor on π cancels in the final softmax). Outputs: `win_probs` = softmax(α·log f + β·log π)
-and `fundamental_probs` = f, both [n_runners], each summing to 1 over the race.
+factor on π cancels in the final softmax). Outputs: `win_probs` = softmax(α·log s + β·log π),
+s being the stage-1 model chosen for the combination, and `fundamental_probs` = f, the
+fundamental model alone; both [n_runners], each summing to 1 over the race.
 """
 
 from __future__ import annotations
@@ -78,23 +79,25 @@ def _design_nodes(design: Design) -> tuple[list[onnx.NodeProto], list[onnx.Tenso
 
 
 def build_onnx_model(model: TwoStageModel, version: str) -> onnx.ModelProto:
-    """design → linear utility → log f → α·log f + β·log π → softmax, over the race axis."""
+    """design → linear utility → log s → α·log s + β·log π → softmax, over the race axis."""
     n_features = len(model.feature_names)
     design_nodes, initializers = _design_nodes(model.design)
     initializers += [
-        _constant("stage1_weights", model.weights),
+        _constant("fundamental_weights", model.fundamental_weights),
+        _constant("combination_weights", model.combination_weights),
         _constant("alpha", model.alpha),
         _constant("beta", model.beta),
     ]
     nodes = [
         *design_nodes,
-        helper.make_node("MatMul", ["design", "stage1_weights"], ["utility"]),
-        helper.make_node("LogSoftmax", ["utility"], ["log_f"], axis=0),
-        helper.make_node("Softmax", ["utility"], [FUNDAMENTAL_OUTPUT], axis=0),
+        helper.make_node("MatMul", ["design", "fundamental_weights"], ["fundamental_utility"]),
+        helper.make_node("Softmax", ["fundamental_utility"], [FUNDAMENTAL_OUTPUT], axis=0),
+        helper.make_node("MatMul", ["design", "combination_weights"], ["stage1_utility"]),
+        helper.make_node("LogSoftmax", ["stage1_utility"], ["log_s"], axis=0),
         helper.make_node("Log", [MARKET_INPUT], ["log_pi"]),
-        helper.make_node("Mul", ["log_f", "alpha"], ["weighted_log_f"]),
+        helper.make_node("Mul", ["log_s", "alpha"], ["weighted_log_s"]),
         helper.make_node("Mul", ["log_pi", "beta"], ["weighted_log_pi"]),
-        helper.make_node("Add", ["weighted_log_f", "weighted_log_pi"], ["combined_utility"]),
+        helper.make_node("Add", ["weighted_log_s", "weighted_log_pi"], ["combined_utility"]),
         helper.make_node("Softmax", ["combined_utility"], [WIN_OUTPUT], axis=0),
     ]
     graph = helper.make_graph(

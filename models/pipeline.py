@@ -100,8 +100,7 @@ def train_and_save(
             "valid_dates": result.details["windows"]["validation"],
             "dropped_races": data.dropped,
         },
-        "l2": result.model.l2,
-        **{key: result.details[key] for key in ("l2_search", "stage1", "stage2", "metrics")},
+        **{key: result.details[key] for key in ("search", "stage1", "stage2", "metrics")},
         "online": result.details.get("online"),
     }
     save_version(out_dir, result.model, result.online, metadata)
@@ -148,7 +147,7 @@ def run_evaluation(
 
 
 def ablation_table(version: ModelVersion, data: RaceSet, window: RaceSet) -> list[dict[str, Any]]:
-    """Retrain stages 1 and 2 (same windows, design, L2) without each group, and with it alone."""
+    """Retrain both stages (same windows, design, source, L2s) without each group, and alone."""
     train_until = date.fromisoformat(version.metadata["data_window"]["train_until"])
     valid_until = date.fromisoformat(version.metadata["data_window"]["valid_until"])
     full = period_metrics(version.model, window)
@@ -167,8 +166,9 @@ def ablation_table(version: ModelVersion, data: RaceSet, window: RaceSet) -> lis
                 reduced,
                 train_until,
                 valid_until,
-                l2_grid=(version.model.l2,),
+                l2_grid=tuple({version.model.fundamental_l2, version.model.combination_l2}),
                 variants=(version.model.design.variant,),
+                sources=(version.model.combination_source,),
                 with_online=False,
             )
             metrics = period_metrics(retrained.model, window.without_features(removed))

@@ -117,10 +117,13 @@ def write_report(run: EvaluationRun, version: ModelVersion, out_dir: Path) -> Pa
         f"| Benter (1994), Hong Kong 1986–93 | {BENTER_1994['market_r2']} | "
         f"{BENTER_1994['fundamental_r2']} | {BENTER_1994['combined_r2']} |",
         "",
+        f"Stage 1: design `{meta['stage1']['variant']}`; fundamental model L2 = "
+        f"{meta['stage1']['fundamental_l2']}; the combination uses the "
+        f"`{meta['stage1']['combination_source']}` stage-1 model (L2 = "
+        f"{meta['stage1']['combination_l2']}). "
         f"Stage 2: α = {_fmt(meta['stage2']['alpha'])}, β = {_fmt(meta['stage2']['beta'])}; "
         f"recalibrated market β = {_fmt(meta['stage2']['market_beta'])} "
-        "(β ≠ 1 is the favourite–longshot correction; β > 1: longshots are over-bet). "
-        f"Stage-1 L2 = {meta['l2']}.",
+        "(β ≠ 1 is the favourite–longshot correction; β > 1: longshots are over-bet).",
         "",
         "## Calibration",
         "",
@@ -158,7 +161,7 @@ def write_report(run: EvaluationRun, version: ModelVersion, out_dir: Path) -> Pa
     if run.ablation:
         lines += [
             "",
-            "## Ablation (stages 1 and 2 retrained, same windows and L2)",
+            "## Ablation (both stages retrained, same windows, design, source and L2s)",
             "",
             "| group | features | fundamental R² without | ΔR² without | loss of fundamental R² "
             "| loss of ΔR² | fundamental R² alone | ΔR² alone |",

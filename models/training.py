@@ -1,11 +1,15 @@
-"""Training: time-ordered split, stage 1 with L2 chosen on validation, stage 2, online decision.
+"""Training: time-ordered split, stage 1 chosen on validation, stage 2, online decision.
 
 Train: races on or before `train_until`. Validation: after it, up to `valid_until`. Everything
-after `valid_until` is left for testing and is never read here. Stage 1 is fitted on the
-training races for each design variant and L2 strength of a grid; for each, stage 2 is fitted on
-the validation races; the pair giving the best combined validation log loss wins (a few dozen
-candidates and two stage-2 parameters on thousands of races keep that selection nearly
-unbiased).
+after `valid_until` is left for testing and is never read here.
+
+For each design variant (models.design) and each L2 strength of a grid, both stage-1 models
+(fundamental f and market-residual g, see models.two_stage) are fitted on the training races,
+and stage 2 is fitted on the validation races on top of each. The candidate with the best
+combined validation log loss becomes the combination (variant, source, L2); the fundamental
+model reported on its own uses the same design with the L2 giving the best fundamental
+validation log loss. A few dozen candidates and two stage-2 parameters on thousands of races
+keep that selection nearly unbiased, and the test seasons play no part in it.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from models.design import VARIANTS, Design
 from models.evaluation import online_input_names, online_inputs, period_metrics, predict_period
 from models.metrics import log_loss
 from models.online import OnlineResidualModel, keep_online, progressive_evaluation
-from models.two_stage import TwoStageModel, fit_stage2
+from models.segments import FloatArray
+from models.two_stage import COMBINATION_SOURCES, TwoStageModel, fit_market_residual, fit_stage2
 
-L2_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
+L2_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,19 @@ class TrainingResult:
     model: TwoStageModel
     online: OnlineResidualModel | None
     details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    variant: str
+    source: str
+    l2: float
+    weights: FloatArray
+    valid_log_loss_stage1: float
+    valid_log_loss_combined: float
+    alpha: float
+    beta: float
+    market_beta: float
 
 
 def split(data: RaceSet, train_until: date, valid_until: date) -> tuple[RaceSet, RaceSet]:
@@ -47,76 +65,122 @@ def split(data: RaceSet, train_until: date, valid_until: date) -> tuple[RaceSet,
     return train, valid
 
 
+def _candidates_for_design(
+    variant: str,
+    design: Design,
+    train: RaceSet,
+    valid: RaceSet,
+    l2_grid: tuple[float, ...],
+    sources: tuple[str, ...],
+) -> list[_Candidate]:
+    """Fit both stage-1 models for every L2 (warm-started from the previous, larger L2)."""
+    x_train = design.transform(train.x, train.races)
+    x_valid = design.transform(valid.x, valid.races)
+    market_train, market_valid = train.market_probabilities(), valid.market_probabilities()
+    candidates = []
+    for source in COMBINATION_SOURCES:
+        if source not in sources and source != "fundamental":
+            continue
+        weights = None
+        for l2 in sorted(l2_grid, reverse=True):
+            if source == "fundamental":
+                fit = fit_conditional_logit(x_train, train.won, train.races, l2=l2, initial=weights)
+                weights = fit.weights
+            else:
+                weights, _, fit = fit_market_residual(
+                    x_train, market_train, train.won, train.races, l2, initial=weights
+                )
+            log_s = valid.races.log_softmax(x_valid @ weights)
+            stage2 = fit_stage2(log_s, market_valid, valid.won, valid.races)
+            combined = valid.races.log_softmax(
+                stage2.alpha * log_s + stage2.beta * np.log(market_valid)
+            )
+            candidates.append(
+                _Candidate(
+                    variant=variant,
+                    source=source,
+                    l2=l2,
+                    weights=weights,
+                    valid_log_loss_stage1=log_loss(log_s, valid.won, valid.races),
+                    valid_log_loss_combined=log_loss(combined, valid.won, valid.races),
+                    alpha=stage2.alpha,
+                    beta=stage2.beta,
+                    market_beta=stage2.market_beta,
+                )
+            )
+    return candidates
+
+
 def train_two_stage(
     data: RaceSet,
     train_until: date,
     valid_until: date,
     l2_grid: tuple[float, ...] = L2_GRID,
     variants: tuple[str, ...] = tuple(VARIANTS),
+    sources: tuple[str, ...] = COMBINATION_SOURCES,
     with_online: bool = True,
 ) -> TrainingResult:
-    """Fit the model on `data` split by time; see the module docstring.
-
-    Each design variant (models.design) is tried with each L2 strength; the pair with the best
-    combined validation log loss is kept.
-    """
+    """Fit the model on `data` split by time; see the module docstring."""
+    if not l2_grid or not variants or not sources:
+        raise ValueError("empty L2 grid, design variant list or combination source list")
+    unknown = set(sources) - set(COMBINATION_SOURCES)
+    if unknown:
+        raise ValueError(f"unknown combination sources: {sorted(unknown)}")
     train, valid = split(data, train_until, valid_until)
-    market_valid = valid.market_probabilities()
-
-    search: list[dict[str, Any]] = []
-    best: tuple[float, TwoStageModel, Any] | None = None
+    designs: dict[str, Design] = {}
+    candidates: list[_Candidate] = []
     for variant in variants:
         race_relative, hinges = VARIANTS[variant]
-        design = Design.fit(
+        designs[variant] = Design.fit(
             data.feature_names, train.x, train.races, race_relative=race_relative, hinges=hinges
         )
-        x_train = design.transform(train.x, train.races)
-        x_valid = design.transform(valid.x, valid.races)
-        weights = None
-        for l2 in sorted(l2_grid, reverse=True):
-            fit = fit_conditional_logit(x_train, train.won, train.races, l2=l2, initial=weights)
-            weights = fit.weights
-            log_f = valid.races.log_softmax(x_valid @ fit.weights)
-            stage2 = fit_stage2(log_f, market_valid, valid.won, valid.races)
-            candidate = TwoStageModel(
-                design=design,
-                weights=fit.weights,
-                alpha=stage2.alpha,
-                beta=stage2.beta,
-                market_beta=stage2.market_beta,
-                l2=l2,
-            )
-            combined = candidate.combined_log_probs(valid.x, market_valid, valid.races)
-            valid_loss = log_loss(combined, valid.won, valid.races)
-            search.append(
-                {
-                    "variant": variant,
-                    "l2": l2,
-                    "train_log_loss_fundamental": log_loss(
-                        train.races.log_softmax(x_train @ fit.weights), train.won, train.races
-                    ),
-                    "valid_log_loss_fundamental": log_loss(log_f, valid.won, valid.races),
-                    "valid_log_loss_combined": valid_loss,
-                    "alpha": stage2.alpha,
-                    "beta": stage2.beta,
-                    "converged": fit.converged,
-                    "iterations": fit.iterations,
-                }
-            )
-            if best is None or valid_loss < best[0]:
-                best = (valid_loss, candidate, fit)
-    if best is None:
-        raise ValueError("empty L2 grid or variant list")
-    _, model, fit = best
+        candidates += _candidates_for_design(
+            variant, designs[variant], train, valid, l2_grid, sources
+        )
 
+    combination = min(
+        (c for c in candidates if c.source in sources), key=lambda c: c.valid_log_loss_combined
+    )
+    fundamental = min(
+        (c for c in candidates if c.source == "fundamental" and c.variant == combination.variant),
+        key=lambda c: c.valid_log_loss_stage1,
+    )
+    model = TwoStageModel(
+        design=designs[combination.variant],
+        fundamental_weights=fundamental.weights,
+        fundamental_l2=fundamental.l2,
+        combination_source=combination.source,
+        combination_weights=combination.weights,
+        combination_l2=combination.l2,
+        alpha=combination.alpha,
+        beta=combination.beta,
+        market_beta=combination.market_beta,
+    )
+    columns = model.design.column_names
     details: dict[str, Any] = {
-        "l2_search": search,
+        "search": [
+            {
+                "variant": c.variant,
+                "source": c.source,
+                "l2": c.l2,
+                "valid_log_loss_stage1": c.valid_log_loss_stage1,
+                "valid_log_loss_combined": c.valid_log_loss_combined,
+                "alpha": c.alpha,
+                "beta": c.beta,
+            }
+            for c in candidates
+        ],
         "stage1": {
-            "variant": model.design.variant,
-            "weights": dict(zip(model.design.column_names, model.weights.tolist(), strict=True)),
-            "converged": fit.converged,
-            "iterations": fit.iterations,
-            "message": fit.message,
+            "variant": combination.variant,
+            "fundamental_l2": fundamental.l2,
+            "fundamental_weights": dict(
+                zip(columns, model.fundamental_weights.tolist(), strict=True)
+            ),
+            "combination_source": combination.source,
+            "combination_l2": combination.l2,
+            "combination_weights": dict(
+                zip(columns, model.combination_weights.tolist(), strict=True)
+            ),
         },
         "stage2": {"alpha": model.alpha, "beta": model.beta, "market_beta": model.market_beta},
         "metrics": {

@@ -16,7 +16,7 @@ from models.design import RACE_STD_FLOOR, race_z_scores
 from models.segments import RaceBlocks
 from models.synthetic import synthetic_training_frame
 from models.training import train_two_stage
-from models.two_stage import fit_stage2
+from models.two_stage import fit_market_residual, fit_stage2
 
 VARIANTS = ("linear", "race_relative")
 TRUE_WEIGHTS = {"speed": 0.8, "rating": -0.5, "draw": 0.3, "noise": 0.0}
@@ -87,6 +87,28 @@ def test_l2_shrinks_weights(synthetic_races) -> None:
     assert np.linalg.norm(shrunk.weights) < 0.7 * np.linalg.norm(free.weights)
 
 
+def test_market_residual_model_finds_what_the_market_misses() -> None:
+    rng = np.random.default_rng(8)
+    n_races, size = 6000, 10
+    races = RaceBlocks.from_starts(np.arange(n_races) * size, n_races * size)
+    market_view, missed, noise = rng.normal(size=(3, n_races * size))
+    log_pi = races.log_softmax(market_view)
+    seen = market_view + 0.5 * noise  # a feature whose information the odds already hold
+    probs = races.softmax(market_view + 0.4 * missed)
+    won = np.zeros(n_races * size)
+    for r in range(n_races):
+        won[r * size + rng.choice(size, p=probs[r * size : (r + 1) * size])] = 1.0
+    x = np.column_stack([seen, missed])
+    weights, gamma, fit = fit_market_residual(x, np.exp(log_pi), won, races, l2=0.0)
+    assert fit.converged
+    # `seen` is already in the odds, so only `missed` keeps a weight; γ carries the market.
+    np.testing.assert_allclose(weights, [0.0, 0.4], atol=0.06)
+    assert gamma == pytest.approx(1.0, abs=0.08)
+    # L2 shrinks the feature weights but never the market term.
+    shrunk, shrunk_gamma, _ = fit_market_residual(x, np.exp(log_pi), won, races, l2=10.0)
+    assert np.abs(shrunk).max() < 0.05 and shrunk_gamma == pytest.approx(1.0, abs=0.1)
+
+
 def test_stage2_recovers_alpha_and_beta() -> None:
     rng = np.random.default_rng(3)
     n_races, size = 8000, 10
@@ -141,10 +163,20 @@ def test_train_two_stage_picks_l2_on_validation_and_never_reads_test(synthetic_r
     result = train_two_stage(
         synthetic_races, train_until, valid_until, l2_grid=(1.0, 0.01, 0.0001), variants=VARIANTS
     )
-    search = result.details["l2_search"]
-    assert len(search) == 3 * len(VARIANTS)
+    search = result.details["search"]
+    assert len(search) == 3 * len(VARIANTS) * 2
     best = min(search, key=lambda row: row["valid_log_loss_combined"])
-    assert (result.model.design.variant, result.model.l2) == (best["variant"], best["l2"])
+    model = result.model
+    assert (model.design.variant, model.combination_source, model.combination_l2) == (
+        best["variant"],
+        best["source"],
+        best["l2"],
+    )
+    best_fundamental = min(
+        (r for r in search if r["source"] == "fundamental" and r["variant"] == best["variant"]),
+        key=lambda row: row["valid_log_loss_stage1"],
+    )
+    assert model.fundamental_l2 == best_fundamental["l2"]
     assert result.details["windows"]["validation"][1] <= str(valid_until)
     # Changing every test-period result must not change the fitted model.
     test_mask = synthetic_races.race_dates > np.datetime64(valid_until)
@@ -158,5 +190,6 @@ def test_train_two_stage_picks_l2_on_validation_and_never_reads_test(synthetic_r
         l2_grid=(1.0, 0.01, 0.0001),
         variants=VARIANTS,
     )
-    np.testing.assert_array_equal(again.model.weights, result.model.weights)
-    assert again.model.alpha == result.model.alpha
+    np.testing.assert_array_equal(again.model.combination_weights, model.combination_weights)
+    np.testing.assert_array_equal(again.model.fundamental_weights, model.fundamental_weights)
+    assert again.model.alpha == model.alpha

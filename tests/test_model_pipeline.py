@@ -59,9 +59,11 @@ def test_metadata_records_provenance_and_decisions(version) -> None:
     assert len(meta["training_data_hash"]) == 64 and len(meta["feature_code_hash"]) == 64
     assert meta["data_window"]["train_until"] == "2017-12-31"
     assert meta["data_window"]["valid_dates"][1] <= "2018-12-31"
-    assert meta["l2"] in [row["l2"] for row in meta["l2_search"]]
-    assert len(meta["l2_search"]) == 6
+    # 2 variants x 2 stage-1 models x 3 L2 strengths
+    assert len(meta["search"]) == 12
     assert meta["stage1"]["variant"] in ("linear", "race_relative")
+    assert meta["stage1"]["combination_l2"] in (0.1, 0.01, 0.001)
+    assert set(meta["stage1"]["fundamental_weights"]) == set(meta["stage1"]["combination_weights"])
     assert set(meta["stage2"]) == {"alpha", "beta", "market_beta"}
     assert meta["online"]["kept"] == (version.online is not None)
     assert meta["online"]["races"] == meta["data_window"]["valid_races"]

@@ -68,20 +68,24 @@ def test_every_design_variant_exports_exactly(variant, trained, tmp_path) -> Non
     rng = np.random.default_rng(len(variant))
     model = TwoStageModel(
         design=design,
-        weights=rng.normal(scale=0.3, size=len(design.column_names)),
+        fundamental_weights=rng.normal(scale=0.3, size=len(design.column_names)),
+        fundamental_l2=0.0,
+        combination_source="market_residual",
+        combination_weights=rng.normal(scale=0.3, size=len(design.column_names)),
+        combination_l2=0.0,
         alpha=0.8,
         beta=1.1,
         market_beta=1.05,
-        l2=0.0,
     )
     scorer = OnnxScorer(save_version(tmp_path / variant, model, None, {}))
     market = test_data.market_probabilities()
     reference = np.exp(model.combined_log_probs(test_data.x, market, test_data.races))
+    fundamental = np.exp(model.fundamental_log_probs(test_data.x, test_data.races))
     for start, size in zip(test_data.races.starts, test_data.races.sizes, strict=True):
         block = slice(start, start + size)
-        np.testing.assert_allclose(
-            scorer.score(test_data.x[block], market[block]), reference[block], rtol=0, atol=1e-5
-        )
+        win, alone = scorer.score_with_fundamental(test_data.x[block], market[block])
+        np.testing.assert_allclose(win, reference[block], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(alone, fundamental[block], rtol=0, atol=1e-5)
 
 
 def test_unnormalised_market_probabilities_give_the_same_answer(trained) -> None:

@@ -38,17 +38,21 @@ def test_round_trip_is_exact(tmp_path, trained_model) -> None:
     assert loaded.version == "v1"
     assert loaded.metadata["metrics"] == metadata["metrics"]
     assert loaded.model.feature_names == trained_model.feature_names
-    np.testing.assert_array_equal(loaded.model.weights, trained_model.weights)
+    for name in ("fundamental_weights", "combination_weights"):
+        np.testing.assert_array_equal(getattr(loaded.model, name), getattr(trained_model, name))
     np.testing.assert_array_equal(loaded.model.design.knots, trained_model.design.knots)
     np.testing.assert_array_equal(
         loaded.model.design.outputs.scale, trained_model.design.outputs.scale
     )
-    assert (loaded.model.alpha, loaded.model.beta, loaded.model.market_beta, loaded.model.l2) == (
-        trained_model.alpha,
-        trained_model.beta,
-        trained_model.market_beta,
-        trained_model.l2,
-    )
+    for name in (
+        "alpha",
+        "beta",
+        "market_beta",
+        "fundamental_l2",
+        "combination_l2",
+        "combination_source",
+    ):
+        assert getattr(loaded.model, name) == getattr(trained_model, name)
     assert loaded.online is not None and loaded.online.weights["a"] == 0.125
     assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.onnx", "params.json"]
 

@@ -72,11 +72,14 @@ def _params_document(model: TwoStageModel, online: OnlineResidualModel | None) -
         "knots": design.knots.tolist(),
         "output_mean": design.outputs.mean.tolist(),
         "output_scale": design.outputs.scale.tolist(),
-        "stage1_weights": model.weights.tolist(),
+        "fundamental_weights": model.fundamental_weights.tolist(),
+        "fundamental_l2": model.fundamental_l2,
+        "combination_source": model.combination_source,
+        "combination_weights": model.combination_weights.tolist(),
+        "combination_l2": model.combination_l2,
         "alpha": model.alpha,
         "beta": model.beta,
         "market_beta": model.market_beta,
-        "l2": model.l2,
         "online": online.state() if online is not None else None,
     }
 
@@ -140,13 +143,19 @@ def load_version(model_dir: Path) -> ModelVersion:
         metadata = orjson.loads((model_dir / METADATA_FILE).read_bytes())
         model = TwoStageModel(
             design=_design_from(params),
-            weights=np.asarray(params["stage1_weights"], dtype=np.float64),
+            fundamental_weights=np.asarray(params["fundamental_weights"], dtype=np.float64),
+            fundamental_l2=float(params["fundamental_l2"]),
+            combination_source=str(params["combination_source"]),
+            combination_weights=np.asarray(params["combination_weights"], dtype=np.float64),
+            combination_l2=float(params["combination_l2"]),
             alpha=float(params["alpha"]),
             beta=float(params["beta"]),
             market_beta=float(params["market_beta"]),
-            l2=float(params["l2"]),
         )
-        if model.weights.shape != (len(model.design.column_names),):
+        expected = (len(model.design.column_names),)
+        if model.fundamental_weights.shape != expected or (
+            model.combination_weights.shape != expected
+        ):
             raise ValueError("stage-1 weights do not match the design's columns")
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{model_dir}: malformed model parameters: {exc}") from exc
