@@ -37,6 +37,10 @@ FEATURES = {
     "rating, minus the race mean.",
     "rating_vs_band_top": "Official rating minus the top of the race's rating band (0 if none).",
     "years_since_debut": "Years since the horse's first run in the data (an age proxy).",
+    "placed_share_3": "Share of the last 3 runs finished in the first three.",
+    "market_prob_last_log": "log of field-size-scaled market probability at the last run.",
+    "best_perf_vs_rating": "Best performance rating of the career minus today's rating.",
+    "quick_backup": "1 when the last run was 10 days ago or less.",
 }
 
 
@@ -75,4 +79,8 @@ def compute(frame: pl.DataFrame) -> pl.DataFrame:
         perf_vs_rating_avg_3_rel=rel(avg_vs_rating),
         rating_vs_band_top=(rating - pl.col("rating_band_high")).fill_null(0.0),
         years_since_debut=(days_since("h_first_run") / 365.25).fill_null(0.0),
+        placed_share_3=mean_of([f"h_placed_{lag}" for lag in range(LAGS)]).fill_null(0.0),
+        market_prob_last_log=(pl.col(market[0]) * pl.col("field_size")).log().fill_null(0.0),
+        best_perf_vs_rating=(pl.col("h_best_perf_rating") - rating).fill_null(0.0),
+        quick_backup=(days_since("h_as_of") <= 10).fill_null(False).cast(pl.Float64),
     )

@@ -152,6 +152,7 @@ def _with_outcome_measures(runs: pl.DataFrame) -> pl.DataFrame:
             (1.0 - WIN_POOL_TAKEOUT) / pl.col("win_odds")
         ),
         won=pl.col("won").fill_null(0.0),
+        placed=(pl.col("finish_position") <= 3).cast(pl.Float64).fill_null(0.0),
         par_key=pl.format("{}|{}|{}", "venue", "surface", "distance_m"),
     )
 

@@ -25,7 +25,7 @@ FRESH_AFTER_DAYS = 60
 LAGS = 3
 HORSE_LAGGED = (
     "finish_pct", "beaten_lengths", "speed_fig", "early_pct", "late_gain", "market_prob",
-    "perf_rating",
+    "perf_rating", "placed",
 )  # fmt: skip
 HORSE_LAST = (
     "official_rating", "class_level", "distance_m", "weight_carried_lbs", "body_weight_lbs",
@@ -148,6 +148,7 @@ def horse_state(runs: pl.DataFrame) -> pl.DataFrame:
         wins=pl.col("won").cum_sum().over("runner_id"),
         finish_pct_sum=pl.col("finish_pct").cum_sum().over("runner_id"),
         first_run=pl.col("race_date").cum_min().over("runner_id"),
+        best_perf_rating=pl.col("perf_rating").cum_max().over("runner_id"),
         season_runs=pl.int_range(1, pl.len() + 1).over("runner_id", "season").cast(pl.Float64),
         **{
             f"{name}_{lag}": pl.col(name).shift(lag).over("runner_id")
@@ -163,6 +164,7 @@ def horse_state(runs: pl.DataFrame) -> pl.DataFrame:
         "wins",
         "finish_pct_sum",
         "first_run",
+        "best_perf_rating",
         "season_runs",
         *lagged,
         *HORSE_LAST,
