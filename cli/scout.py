@@ -49,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scout.add_argument(
         "--record", type=Path, default=None, metavar="DIR", help="also write DIR/<market>.gz"
     )
+    scout.add_argument("--linger-ms", type=int, default=1, help="Kafka producer batching delay")
     scout.add_argument("--max-latency", type=float, default=1.0, help="warn above (seconds)")
     scout.add_argument("--latency-log-interval", type=float, default=30.0, help="seconds")
     scout.add_argument("--metrics-interval", type=float, default=60.0, help="seconds")
@@ -125,6 +126,7 @@ def run_scout(args: argparse.Namespace) -> int:
             args.topic or settings.velo_topic_mcm,
             settings.velo_topic_dead_letters,
             metrics,
+            linger_ms=args.linger_ms,
         )
         options = ScoutOptions(
             max_latency_s=args.max_latency,

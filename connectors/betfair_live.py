@@ -329,7 +329,7 @@ class KafkaMcmSink:
         dead_letter_topic: str,
         metrics: ScoutMetrics,
         *,
-        linger_ms: int = 5,
+        linger_ms: int = 1,
         delivery_timeout_ms: int = 300_000,
         on_failure: Callable[[], None] | None = None,
     ) -> None:
@@ -337,6 +337,7 @@ class KafkaMcmSink:
         self.dead_letter_topic = dead_letter_topic
         self.metrics = metrics
         self.on_failure = on_failure
+        self.stopping = False  # set on shutdown: a full queue then fails the line, not hangs
         self._failure_log = RateLimitedLog(log, 10.0)
         self._backpressure_log = RateLimitedLog(log, 10.0)
         self._producer = Producer(
@@ -369,6 +370,10 @@ class KafkaMcmSink:
                 return
             except BufferError:
                 # Local queue full (broker slow or down): wait rather than drop the line.
+                if self.stopping:
+                    self.metrics.delivery_failures += 1
+                    log.error("Kafka producer queue full at shutdown: a line to %s is lost", topic)
+                    return
                 self._backpressure_log.warning("Kafka producer queue full; waiting")
                 self._producer.poll(0.1)
 
@@ -642,6 +647,7 @@ class Scout:
     def stop(self) -> None:
         """Ask the loop to end (safe from a signal handler); `run` then flushes and returns."""
         self._stop.set()
+        self.sink.stopping = True
         if self._stream is not None:
             self._stream.stop()
 

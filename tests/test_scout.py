@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +23,18 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
-from connectors.betfair_live import MarketRecorder, split_by_market
+from connectors.betfair_live import (
+    BetfairEndpoints,
+    KafkaMcmSink,
+    MarketRecorder,
+    Scout,
+    ScoutMetrics,
+    ScoutOptions,
+    SubscriptionSpec,
+    make_api_client,
+    split_by_market,
+)
+from connectors.settings import Settings
 from tests.betfair_stream_server import (
     BetfairApiServer,
     BetfairStreamServer,
@@ -444,3 +456,57 @@ def test_stream_refusing_the_app_key_is_a_clear_error(
     assert code == 2
     assert "Betfair stream refused the connection: INVALID_APP_KEY" in stderr
     assert server.connections[0].authenticated is False
+
+
+def test_lost_deliveries_trigger_a_fresh_image(
+    betfair_dir: Path, tls: TlsMaterial, api: BetfairApiServer
+) -> None:
+    """A line Kafka never took cannot be resent: the scout resubscribes without tokens."""
+    settings = Settings(
+        betfair_username=USERNAME,
+        betfair_password=PASSWORD,
+        betfair_app_key=APP_KEY,
+        betfair_certs_dir=tls.certs_dir,
+        betfair_identity_url=api.identity_url,
+        betfair_api_url=api.api_url,
+        betfair_ca_file=tls.ca_file,
+    )
+    metrics = ScoutMetrics()
+    # Nothing listens on port 1: librdkafka gives up on each line after the delivery timeout.
+    sink = KafkaMcmSink("127.0.0.1:1", "unused", "unused", metrics, delivery_timeout_ms=1500)
+    feed = RecordedFeed([betfair_dir / LIVE_CAPTURE])
+    with BetfairStreamServer(
+        feed, tls, app_key=APP_KEY, valid_sessions=api.valid_sessions
+    ) as server:
+        endpoints = BetfairEndpoints(
+            "localhost", server.port, api.identity_url, api.api_url, tls.ca_file
+        )
+        scout = Scout(
+            make_api_client(settings, endpoints),
+            SubscriptionSpec(heartbeat_ms=500),
+            endpoints,
+            sink,
+            metrics,
+            ScoutOptions(backoff_initial_s=0.1, use_certs=True, flush_timeout_s=3),
+        )
+        runner = threading.Thread(target=scout.run)
+        runner.start()
+        try:
+            deadline = time.monotonic() + 30
+            while metrics.resyncs == 0 or metrics.connections < 2:
+                assert time.monotonic() < deadline, metrics
+                time.sleep(0.1)
+        finally:
+            scout.stop()
+            runner.join(30)
+    assert not runner.is_alive()
+    assert metrics.delivery_failures > 0
+    subscriptions = [
+        request
+        for connection in server.connections
+        for request in connection.requests
+        if request.get("op") == "marketSubscription"
+    ]
+    assert len(subscriptions) >= 2
+    assert subscriptions[1].get("clk") is None and subscriptions[1].get("initialClk") is None
+    assert metrics.sub_images >= 2  # the fresh image arrived
