@@ -123,3 +123,10 @@ def test_debutants_get_neutral_values_and_an_indicator() -> None:
     assert features["no_previous_run"].to_list() == [1.0] * 4
     assert features["last_finish_pct"].to_list() == [0.5] * 4
     assert features.select(pl.all_horizontal(pl.col(FEATURE_COLUMNS).is_finite())).to_series().all()
+
+
+def test_every_feature_declares_its_coverage() -> None:
+    from models.features.frame import GROUP_MODULES
+
+    for group, module in GROUP_MODULES.items():
+        assert list(module.COVERAGE) == FEATURE_GROUPS[group], group

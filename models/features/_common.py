@@ -40,3 +40,15 @@ def fill_from_race(expr: pl.Expr, default: float) -> pl.Expr:
 def mean_of(columns: list[str]) -> pl.Expr:
     """Mean of the non-null columns (null when all are null)."""
     return pl.mean_horizontal([pl.col(c) for c in columns], ignore_nulls=True)
+
+
+def known(*columns: str) -> pl.Expr:
+    """True where every column has a value: the feature comes from data, not a neutral fill."""
+    return pl.all_horizontal([pl.col(c).is_not_null() for c in columns])
+
+
+def any_known(*columns: str) -> pl.Expr:
+    return pl.any_horizontal([pl.col(c).is_not_null() for c in columns])
+
+
+ALWAYS = pl.lit(True)

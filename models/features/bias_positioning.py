@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from models.features._common import any_known, known
+
 DRAW_PRIOR_RUNS = 50.0
 PACE_PRIOR_RUNS = 30.0
 
@@ -14,6 +16,16 @@ FEATURES = {
     "draw_bias_finish": "Earlier finish above mid-field from this draw there, shrunk.",
     "style_draw": "Front-running tendency x draw_pct (a leader drawn wide must cross).",
     "leader_bias_fit": "How early leaders have fared there x the horse's front-running tendency.",
+}
+
+
+_EARLY = any_known("h_early_pct_0", "h_early_pct_1", "h_early_pct_2")
+COVERAGE = {
+    "draw_pct": known("draw"),
+    "draw_bias_win": known("dr_as_of"),
+    "draw_bias_finish": known("dr_as_of"),
+    "style_draw": known("draw") & _EARLY,
+    "leader_bias_fit": known("pc_as_of") & _EARLY,
 }
 
 

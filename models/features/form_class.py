@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import polars as pl
 
-from models.features._common import BASE_WIN_RATE, days_since, mean_of, rel, shrunk_rate
+from models.features._common import (
+    ALWAYS,
+    BASE_WIN_RATE,
+    any_known,
+    days_since,
+    known,
+    mean_of,
+    rel,
+    shrunk_rate,
+)
 from models.features.states import LAGS
 
 # Neutral values for a horse with no run in the data (its own indicator says so).
@@ -41,6 +50,40 @@ FEATURES = {
     "market_prob_last_log": "log of field-size-scaled market probability at the last run.",
     "best_perf_vs_rating": "Best performance rating of the career minus today's rating.",
     "quick_backup": "1 when the last run was 10 days ago or less.",
+}
+
+
+_RATED = pl.col("rating_imputed") == 0.0
+_HISTORY = known("h_as_of")
+_LAGS = range(LAGS)
+# Where each feature comes from data rather than a neutral fill (for coverage reports).
+COVERAGE = {
+    "official_rating": _RATED,
+    "official_rating_rel": _RATED,
+    "rating_imputed": ALWAYS,
+    "rating_change": _RATED & known("h_official_rating"),
+    "class_drop": known("class_level", "h_class_level"),
+    "no_previous_run": ALWAYS,
+    "last_finish_pct": known("h_finish_pct_0"),
+    "avg_finish_pct_3": _HISTORY,
+    "avg_finish_pct_3_rel": _HISTORY,
+    "career_finish_pct": _HISTORY,
+    "last_beaten_lengths_log": known("h_beaten_lengths_0"),
+    "avg_beaten_lengths_log_3": _HISTORY,
+    "days_since_last_run_log": _HISTORY,
+    "runs_this_season": ALWAYS,
+    "career_runs_log": ALWAYS,
+    "career_win_rate": _HISTORY,
+    "prev_market_prob_log_3": any_known(*[f"h_market_prob_{lag}" for lag in _LAGS]),
+    "perf_vs_rating_last": known("h_perf_rating_0"),
+    "perf_vs_rating_best_3": any_known(*[f"h_perf_rating_{lag}" for lag in _LAGS]),
+    "perf_vs_rating_avg_3_rel": any_known(*[f"h_perf_rating_{lag}" for lag in _LAGS]),
+    "rating_vs_band_top": _RATED & known("rating_band_high"),
+    "years_since_debut": _HISTORY,
+    "placed_share_3": _HISTORY,
+    "market_prob_last_log": known("h_market_prob_0"),
+    "best_perf_vs_rating": known("h_best_perf_rating"),
+    "quick_backup": _HISTORY,
 }
 
 

@@ -57,6 +57,7 @@ FEATURE_DESCRIPTIONS: dict[str, str] = {
 ID_COLUMNS = ["race_id", "race_date", "race_start", "race_no", "venue", "runner_id"]
 OUTCOME_COLUMNS = ["won", "win_odds", "finish_position", "status", "field_size"]
 FEATURES_DIR = Path(__file__).resolve().parent
+CACHED_FRAMES_KEPT = 3
 
 # Each state table, the card column holding its key, and the prefix of its joined columns.
 STATE_JOINS = (
@@ -105,11 +106,23 @@ def keys_needed(cards: pl.DataFrame, horse_states: pl.DataFrame) -> dict[str, li
     return {table: sorted(keys) for table, keys in wanted.items()}
 
 
-def compute_features(cards: pl.DataFrame, states: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    """Card rows + states -> card rows with every FEATURE_COLUMNS column (Float64, no nulls)."""
+def compute_features(
+    cards: pl.DataFrame, states: Mapping[str, pl.DataFrame], coverage: bool = False
+) -> pl.DataFrame:
+    """Card rows + states -> card rows with every FEATURE_COLUMNS column (Float64, no nulls).
+
+    With `coverage`, a Boolean `covered__<feature>` column per feature says whether the value
+    comes from data (True) or from a neutral fill (False).
+    """
     frame = card_keys(cards)
     for table, key_column, prefix in STATE_JOINS:
         frame = as_of_join(frame, states[table], key_column, prefix)
+    if coverage:
+        frame = frame.with_columns(
+            expr.fill_null(False).alias(f"covered__{name}")
+            for module in GROUP_MODULES.values()
+            for name, expr in module.COVERAGE.items()
+        )
     for module in GROUP_MODULES.values():
         frame = module.compute(frame)
     frame = frame.with_columns(pl.col(FEATURE_COLUMNS).cast(pl.Float64))
@@ -332,5 +345,8 @@ def build_training_frame(hkjc_dir: Path, cache_dir: Path | None = None) -> pl.Da
     partial = cached.with_suffix(".tmp")
     frame.write_parquet(partial)
     partial.replace(cached)
+    stale = sorted(cache_dir.glob("training_*.parquet"), key=lambda p: p.stat().st_mtime_ns)
+    for old in stale[:-CACHED_FRAMES_KEPT]:
+        old.unlink(missing_ok=True)
     log.info("training frame: %d runners, cached at %s", frame.height, cached)
     return frame

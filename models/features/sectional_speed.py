@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from models.features._common import fill_from_race, mean_of, rel
+from models.features._common import ALWAYS, any_known, fill_from_race, known, mean_of, rel
 from models.features.states import EARLY_LEADER_PCT, LAGS
 
 # Typical figure of a runner (seconds per km slower than the winners' par), for fills.
@@ -13,7 +13,8 @@ TYPICAL_SPEED_FIG = -0.8
 NEUTRAL_EARLY_PCT = 0.5
 
 FEATURES = {
-    "speed_fig_last": "Last run: seconds per km faster than the par (mean winning time).",
+    "speed_fig_last": "Last run's speed figure: s/km faster than par (mean winning time at "
+    "venue/surface/distance/going), plus the meeting's track variant and a weight correction.",
     "speed_fig_best_3": "Best speed figure of the last 3 runs.",
     "speed_fig_avg_3": "Mean speed figure of the last 3 runs.",
     "speed_fig_best_3_rel": "speed_fig_best_3 minus the race mean.",
@@ -21,6 +22,20 @@ FEATURES = {
     "early_position_rel": "early_position_avg_3 minus the race mean (pace map position).",
     "late_gain_avg_3": "Mean places gained from the second-last call to the finish / field.",
     "pace_pressure": "Share of rivals that usually lead early (early position <= 0.25).",
+}
+
+
+_SPEED = [f"h_speed_fig_{lag}" for lag in range(LAGS)]
+_EARLY = [f"h_early_pct_{lag}" for lag in range(LAGS)]
+COVERAGE = {
+    "speed_fig_last": known(_SPEED[0]),
+    "speed_fig_best_3": any_known(*_SPEED),
+    "speed_fig_avg_3": any_known(*_SPEED),
+    "speed_fig_best_3_rel": any_known(*_SPEED),
+    "early_position_avg_3": any_known(*_EARLY),
+    "early_position_rel": any_known(*_EARLY),
+    "late_gain_avg_3": any_known(*[f"h_late_gain_{lag}" for lag in range(LAGS)]),
+    "pace_pressure": ALWAYS,
 }
 
 

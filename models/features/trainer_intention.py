@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import polars as pl
 
-from models.features._common import BASE_WIN_RATE, days_since, decayed, rel, shrunk_rate
+from models.features._common import (
+    BASE_WIN_RATE,
+    days_since,
+    decayed,
+    known,
+    rel,
+    shrunk_rate,
+)
 from models.features.states import FRESH_AFTER_DAYS
 
 RIDES_PRIOR = 20.0
@@ -28,6 +35,25 @@ FEATURES = {
     "gear_first_time": "1 when a piece of gear is worn for the first time (code ending in 1).",
     "gear_changed": "1 when the declared gear differs from the last run's.",
     "trainer_changed": "1 when the horse has moved stables since its last run.",
+}
+
+
+COVERAGE = {
+    "jockey_win_rate_hl365": known("j_as_of"),
+    "jockey_win_rate_hl60": known("j_as_of"),
+    "jockey_win_rate_rel": known("j_as_of"),
+    "jockey_ae_log": known("j_as_of"),
+    "trainer_win_rate_hl365": known("t_as_of"),
+    "trainer_win_rate_hl60": known("t_as_of"),
+    "trainer_win_rate_rel": known("t_as_of"),
+    "trainer_ae_log": known("t_as_of"),
+    "trainer_jockey_win_rate": known("tj_as_of"),
+    "jockey_upgrade": known("lj_as_of", "j_as_of"),
+    "first_run_after_break": known("h_as_of"),
+    "trainer_fresh_win_rate": known("tf_as_of"),
+    "gear_first_time": known("gear"),
+    "gear_changed": known("gear", "h_gear"),
+    "trainer_changed": known("h_trainer"),
 }
 
 

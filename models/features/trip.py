@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from models.features._common import BASE_WIN_RATE, rel, shrunk_rate
+from models.features._common import ALWAYS, BASE_WIN_RATE, known, rel, shrunk_rate
 
 SPLIT_PRIOR_RUNS = 3.0
 
@@ -20,6 +20,20 @@ FEATURES = {
     "weight_carried_rel": "Weight carried minus the race mean.",
     "weight_change": "Weight carried now minus at the last run, lbs.",
     "body_weight_change": "Declared body weight now minus at the last run, lbs.",
+}
+
+
+COVERAGE = {
+    "distance_pref": known("sd_as_of"),
+    "course_pref": known("sc_as_of"),
+    "going_pref": known("sg_as_of"),
+    "course_distance_win_rate": known("sx_as_of"),
+    "distance_runs_log": ALWAYS,
+    "distance_change_km": known("h_distance_m"),
+    "weight_carried": known("weight_carried_lbs"),
+    "weight_carried_rel": known("weight_carried_lbs"),
+    "weight_change": known("weight_carried_lbs", "h_weight_carried_lbs"),
+    "body_weight_change": known("body_weight_lbs", "h_body_weight_lbs"),
 }
 
 
