@@ -510,3 +510,69 @@ def test_lost_deliveries_trigger_a_fresh_image(
     assert len(subscriptions) >= 2
     assert subscriptions[1].get("clk") is None and subscriptions[1].get("initialClk") is None
     assert metrics.sub_images >= 2  # the fresh image arrived
+
+
+def _table_rows(url: str) -> dict[str, list[str]]:
+    """Every row of every table (but the migration log), as sorted reprs."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "select table_name from information_schema.tables where table_schema = 'public'"
+                " and table_type = 'BASE TABLE' and table_name <> 'schema_migrations'"
+            )
+        ]
+        return {t: sorted(map(repr, conn.execute(f'select * from "{t}"'))) for t in tables}
+
+
+def test_recording_replays_to_the_same_rows_as_the_original_file(
+    betfair_dir: Path,
+    tls: TlsMaterial,
+    api: BetfairApiServer,
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+    pg_url: str,
+    tmp_path: Path,
+) -> None:
+    """`--record` output, written across a dropped connection, is what `velo replay` reads."""
+    import psycopg
+
+    feed = RecordedFeed([betfair_dir / LIVE_CAPTURE])
+    topic, dead_letters = kafka_topic(partitions=1), kafka_topic(partitions=1)
+    record_dir = tmp_path / "recording"
+    with BetfairStreamServer(
+        feed, tls, app_key=APP_KEY, valid_sessions=api.valid_sessions, drop_after=[1_500]
+    ) as server:
+        env = scout_env(tls, api, server.port, kafka_bootstrap, topic, dead_letters)
+        process = start_scout(env, "--fields", ALL_FIELDS, "--record", str(record_dir))
+        try:
+            consume(kafka_bootstrap, topic, len(feed), settle_s=1.0)
+        finally:
+            code, metrics, stderr = stop_scout(process)
+    assert code == 0 and metrics["reconnects"] == 1, stderr
+
+    names = [f"velo_scout_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    urls = [pg_url.rsplit("/", 1)[0] + f"/{name}" for name in names]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'create database "{name}"')
+    try:
+        snapshots = []
+        for url, source in zip(
+            urls, (record_dir / "1.185781277.gz", betfair_dir / LIVE_CAPTURE), strict=True
+        ):
+            snapshot = tmp_path / f"{url.rsplit('/', 1)[1]}.jsonl"
+            command = [sys.executable, "-m", "cli.main", "replay", "--db", url]
+            command += ["--snapshot-out", str(snapshot), "--no-progress", str(source)]
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr
+            snapshots.append(snapshot.read_bytes())
+        assert snapshots[0] == snapshots[1] and snapshots[0]
+        recorded_rows, original_rows = (_table_rows(url) for url in urls)
+        assert recorded_rows == original_rows and recorded_rows["runner_ticks"]
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for name in names:
+                conn.execute(f'drop database if exists "{name}" with (force)')
