@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from models.search_space import L2_GRID, VARIANTS
+
 EXIT_BAD_INPUT = 2
 
 
@@ -50,6 +52,8 @@ def _train(args: argparse.Namespace) -> int:
             root,
             source=str(args.hkjc),
             groups=feature_groups(),
+            l2_grid=tuple(args.l2_grid),
+            variants=tuple(args.variants),
         )
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         _note(f"velo train: {exc}")
@@ -182,6 +186,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="end of the validation period (default: train-until + 730 days)",
     )
     train.add_argument("--out", type=Path, default=None, help="model version directory to write")
+    train.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(VARIANTS),
+        default=tuple(VARIANTS),
+        help="design variants to search (models/design.py)",
+    )
+    train.add_argument(
+        "--l2-grid",
+        nargs="+",
+        type=float,
+        default=L2_GRID,
+        help="L2 strengths to search (stage 1)",
+    )
     train.add_argument("--root", type=Path, default=None, help=root_help)
     train.add_argument("--promote", action="store_true", help="promote the new version")
     train.add_argument("--json", action="store_true", help="print a JSON summary")

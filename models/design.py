@@ -18,16 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.conditional_logit import Standardizer
+from models.search_space import VARIANTS
 from models.segments import FloatArray, RaceBlocks
 
 RACE_STD_FLOOR = 0.05
 HINGE_QUANTILES = (0.25, 0.5, 0.75)
-VARIANTS = {
-    "linear": (False, False),
-    "race_relative": (True, False),
-    "hinges": (False, True),
-    "race_relative+hinges": (True, True),
-}
 
 
 @dataclass(frozen=True)

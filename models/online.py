@@ -16,7 +16,8 @@ from river import optim
 
 from models.segments import FloatArray, RaceBlocks
 
-DEFAULT_LEARNING_RATE = 0.005
+DEFAULT_LEARNING_RATE = 0.0003
+ONLINE_LEARNING_RATES = (0.003, 0.001, 0.0003, 0.0001)
 MIN_IMPROVEMENT = 1e-4
 
 

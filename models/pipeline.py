@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from models.dataset import RaceSet, race_set_from_frame
-from models.design import VARIANTS
 from models.evaluation import Evaluation, evaluate, period_metrics
 from models.registry import ModelVersion, load_version, new_version_name, save_version
 from models.registry.store import sha256_of_files
-from models.training import L2_GRID, train_two_stage, training_data_hash
+from models.search_space import L2_GRID, VARIANTS
+from models.training import train_two_stage, training_data_hash
 
 FEATURES_PACKAGE = Path(__file__).resolve().parent / "features"
 MODEL_CODE_FILES = (

@@ -23,14 +23,18 @@ import numpy as np
 
 from models.conditional_logit import fit_conditional_logit
 from models.dataset import RaceSet
-from models.design import VARIANTS, Design
+from models.design import Design
 from models.evaluation import online_input_names, online_inputs, period_metrics, predict_period
 from models.metrics import log_loss
-from models.online import OnlineResidualModel, keep_online, progressive_evaluation
+from models.online import (
+    ONLINE_LEARNING_RATES,
+    OnlineResidualModel,
+    keep_online,
+    progressive_evaluation,
+)
+from models.search_space import L2_GRID, VARIANTS
 from models.segments import FloatArray
 from models.two_stage import COMBINATION_SOURCES, TwoStageModel, fit_market_residual, fit_stage2
-
-L2_GRID = (1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001)
 
 
 @dataclass(frozen=True)
@@ -201,18 +205,20 @@ def _online_decision(
 ) -> tuple[OnlineResidualModel | None, dict[str, Any]]:
     """Run the online component progressively over validation; keep it only if it helped.
 
-    The frozen model's stage 2 was fitted on these same races, so this comparison favours the
-    frozen model: an online component kept here has to beat an in-sample stage 2.
+    Each learning rate of a small grid starts from θ = 0; the best one is kept if it lowered the
+    log loss. The frozen model's stage 2 was fitted on these same races, so this comparison
+    favours the frozen model: an online component kept here has to beat an in-sample stage 2.
     """
-    candidate = OnlineResidualModel(online_input_names(model))
     predictions = predict_period(model, valid)
-    result = progressive_evaluation(
-        candidate,
-        predictions.combined,
-        online_inputs(model, valid, predictions),
-        valid.won,
-        valid.races,
-    )
+    inputs = online_inputs(model, valid, predictions)
+    trials = []
+    for learning_rate in ONLINE_LEARNING_RATES:
+        candidate = OnlineResidualModel(online_input_names(model), learning_rate=learning_rate)
+        result = progressive_evaluation(
+            candidate, predictions.combined, inputs, valid.won, valid.races
+        )
+        trials.append((result, candidate))
+    result, candidate = max(trials, key=lambda trial: trial[0].improvement)
     kept = keep_online(result)
     decision = {
         "kept": kept,
@@ -221,6 +227,7 @@ def _online_decision(
         "valid_log_loss_frozen": result.log_loss_frozen,
         "valid_log_loss_online": result.log_loss_online,
         "improvement": result.improvement,
+        "improvement_by_learning_rate": {str(c.learning_rate): r.improvement for r, c in trials},
         "largest_weights": dict(
             sorted(candidate.weights.items(), key=lambda item: -abs(item[1]))[:5]
         ),

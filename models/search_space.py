@@ -1,0 +1,11 @@
+"""What training searches over, kept free of heavy imports so the CLI can offer it as choices."""
+
+# Design variant -> (within-race z-scores, hinge terms); see models.design.
+VARIANTS = {
+    "linear": (False, False),
+    "race_relative": (True, False),
+    "hinges": (False, True),
+    "race_relative+hinges": (True, True),
+}
+# Stage-1 L2 strengths (penalty per race, on standardised design columns).
+L2_GRID = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.001)
