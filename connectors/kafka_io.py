@@ -131,10 +131,18 @@ class _DeadLetterPartition(StatelessSinkPartition[SinkBatch]):
     def write_batch(self, items: list[SinkBatch]) -> None:
         for batch in items:
             for dead in batch.dead_letters:
+                # Same shape as `velo scout`'s dead letters, plus where the line came from.
+                record = {
+                    "source": dead.source,
+                    "position": dead.position,
+                    "reason": dead.reason,
+                    "at": dead.recorded_time.isoformat(),
+                    "raw": dead.raw,
+                }
                 self._producer.produce(
                     self._topic,
                     key=f"{dead.source}:{dead.position}".encode(),
-                    value=orjson.dumps(dead._asdict()),
+                    value=orjson.dumps(record),
                 )
         self._producer.poll(0)
 

@@ -132,6 +132,22 @@ class ResultRow(NamedTuple):
     settled_time: datetime
 
 
+class Prediction(NamedTuple):
+    """Model win probability of one runner at one moment before the off.
+
+    Key: (market_id, selection_id, model_version, publish_time). `market_probability` is the
+    market's implied probability normalised over the active runners.
+    """
+
+    market_id: str
+    selection_id: int
+    publish_time: datetime
+    model_version: str
+    market_probability: float
+    fundamental_probability: float
+    win_probability: float
+
+
 class DeadLetter(NamedTuple):
     """A line or message that could not be used, with why. Key: (source, position, reason)."""
 
