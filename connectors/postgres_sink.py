@@ -1,20 +1,27 @@
 """Idempotent, batched PostgreSQL writes of the dataflow's records.
 
-One `write(batch)` is one transaction: every table's rows are COPYed into a session temp
-staging table, then moved with a single `INSERT ... SELECT ... ON CONFLICT (natural key)`
-per table (all of them sent in one round trip). Ticks, windows and dead letters are
-`DO NOTHING`, so a replayed or redelivered batch changes nothing; markets, runners and
-results are upserts where the latest row wins (a market only moves forward in
-(version, last_publish_time)).
+One `write(batch)` is one transaction. Rows travel as binary COPY (column types read from the
+catalog once per connection, so no per-value type lookup and no text formatting):
+- Append-only tables (ticks, windows, dead letters) are COPYed straight into the table while
+  their rows are new. The primary key is the arbiter: if any row of the batch is stored already
+  (a replay, a Kafka redelivery after a crash, another writer), the COPY fails with a unique
+  violation, the transaction rolls back, and the batch is written again through the staging
+  path. That table stays on the staging path until a staged batch turns out to be all new.
+- The staging path COPYs into a session temp table, then moves the rows with `INSERT ... SELECT
+  ... ON CONFLICT (natural key)`; all those statements go in one round trip. Ticks, windows and
+  dead letters are `DO NOTHING`, so a replayed batch changes nothing; markets, runners and
+  results always take this path: upserts where the latest row wins (a market only moves
+  forward in (version, last_publish_time)).
 
 Failure handling:
-- Connection loss (`OperationalError`: server restart, network): reconnect with exponential
-  backoff and write the same batch again; idempotence makes the rewrite safe even when the
-  lost attempt had committed.
+- Connection loss (`OperationalError`: server restart, network, deadlock with another writer):
+  reconnect with exponential backoff and write the same batch again; idempotence makes the
+  rewrite safe even when the lost attempt had committed.
 - Bad rows (wrong types, NULL in a NOT NULL column, text PostgreSQL cannot store): the batch
-  is rewritten table by table under savepoints, bisecting to the offending rows, which are
-  stored in `dead_letters` (source `postgres_sink:<table>`) and counted as `rejected`;
-  every other row is written. Nothing is dropped silently and the flow does not crash.
+  is rewritten table by table under savepoints with text COPY (PostgreSQL parses every value,
+  as a plain INSERT would), bisecting to the offending rows, which are stored in
+  `dead_letters` (source `postgres_sink:<table>`) and counted as `rejected`; every other row
+  is written. Nothing is dropped silently and the flow does not crash.
 - Plain PostgreSQL: monthly partitions for the months in a batch are created (in a short
   transaction of their own) the first time this writer sees a month.
 """
@@ -52,6 +59,10 @@ SINK_SOURCE_PREFIX = "postgres_sink:"
 _REASON_MAX_CHARS = 200
 _BAD_DATA_SQLSTATE_CLASSES = ("22", "23", "54")
 """Data exception, integrity violation, program limit (e.g. index row too large)."""
+_INTEGER_RANGES = {21: (-(2**15), 2**15 - 1), 23: (-(2**31), 2**31 - 1)}
+"""int2 and int4 by type oid: psycopg's binary dumpers truncate out-of-range ints silently."""
+_TEMP_BUFFERS = "64MB"
+"""Session memory for the staging tables (default 8MB): a large batch stays out of temp files."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,10 @@ class TableSpec:
         return self.record._fields
 
     @property
+    def append_only(self) -> bool:
+        return self.upsert_order is None
+
+    @property
     def stage(self) -> str:
         return f"_stage_{self.table}"
 
@@ -85,9 +100,12 @@ class TableSpec:
             " _ord bigint GENERATED ALWAYS AS IDENTITY) ON COMMIT DELETE ROWS"
         ).format(stage=sql.Identifier(self.stage), table=sql.Identifier(self.table))
 
-    def copy_sql(self) -> sql.Composed:
-        return sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(
-            stage=sql.Identifier(self.stage), columns=_identifiers(self.columns)
+    def copy_sql(self, *, into_table: bool, binary: bool) -> sql.Composed:
+        """COPY into the table itself or into its staging table."""
+        return sql.SQL("COPY {target} ({columns}) FROM STDIN{options}").format(
+            target=sql.Identifier(self.table if into_table else self.stage),
+            columns=_identifiers(self.columns),
+            options=sql.SQL(" (FORMAT BINARY)" if binary else ""),
         )
 
     def insert_sql(self) -> sql.Composed:
@@ -242,6 +260,12 @@ class PostgresWriter:
         self._conn: psycopg.Connection | None = None
         self._flavour: str | None = None
         self._known_partitions: set[tuple[str, int, int]] = set()
+        self._column_types: dict[str, tuple[int, ...]] = {}
+        """Type oid of every column, in record field order (binary COPY)."""
+        self._integer_checks: dict[str, tuple[tuple[int, int, int], ...]] = {}
+        """(column index, low, high) of the int2/int4 columns of each table."""
+        self._direct = {spec.table for spec in TABLES if spec.append_only}
+        """Append-only tables COPYed straight into the table (their recent rows were new)."""
 
     def write(self, batch: RecordBatch) -> dict[str, int]:
         """Write one batch in one transaction; rows written per table, plus `rejected`.
@@ -279,6 +303,11 @@ class PostgresWriter:
             self.totals.update(counts)
             return counts
 
+    @property
+    def direct_tables(self) -> frozenset[str]:
+        """Append-only tables whose next rows go straight into the table (no staging)."""
+        return frozenset(self._direct)
+
     def close(self) -> None:
         self._drop_connection()
 
@@ -294,36 +323,82 @@ class PostgresWriter:
         self, conn: psycopg.Connection, groups: list[tuple[TableSpec, Sequence]]
     ) -> dict[str, int]:
         self._ensure_partitions(conn, groups)
+        direct = frozenset(spec.table for spec, _ in groups if spec.table in self._direct)
         try:
+            self._check_integer_ranges(groups)
+            try:
+                with conn.transaction():
+                    return self._copy_and_insert(conn, groups, direct=direct, binary=True)
+            except psycopg.errors.UniqueViolation:
+                if not direct:
+                    raise
+                # Part of the batch is stored already (replay, redelivery after a crash,
+                # another writer): stage it all and let ON CONFLICT skip what exists.
+                self._direct -= direct
             with conn.transaction():
-                return self._copy_and_insert(conn, groups)
+                return self._copy_and_insert(conn, groups, direct=frozenset(), binary=True)
         except Exception as error:
             if not _is_bad_data(error):
                 raise
-            log.warning(
-                "batch has rows PostgreSQL rejects (%s); isolating them", _primary_message(error)
+            # Not always bad rows: binary COPY is stricter than PostgreSQL's own parsing (a
+            # naive time, "1" for an integer); the text path below stores those as before.
+            log.info(
+                "batch needs the row-checking path (%s); writing it table by table",
+                _primary_message(error),
             )
         return self._write_tolerant(conn, groups)
 
     def _copy_and_insert(
-        self, conn: psycopg.Connection, groups: list[tuple[TableSpec, Sequence]]
+        self,
+        conn: psycopg.Connection,
+        groups: list[tuple[TableSpec, Sequence]],
+        *,
+        direct: frozenset[str],
+        binary: bool,
     ) -> dict[str, int]:
+        """COPY every group (into its table when listed in `direct`, else into its staging
+        table), then move the staged rows with one round trip of INSERT ... ON CONFLICT."""
+        counts: dict[str, int] = {}
+        staged: list[tuple[TableSpec, int]] = []
         with conn.cursor() as cur:
             for spec, rows in groups:
-                with cur.copy(spec.copy_sql()) as copy:
+                into_table = spec.table in direct
+                with cur.copy(spec.copy_sql(into_table=into_table, binary=binary)) as copy:
+                    if binary:
+                        copy.set_types(self._column_types[spec.table])
+                    write_row = copy.write_row
                     for row in rows:
-                        copy.write_row(row)
-            cur.execute(sql.SQL("; ").join(spec.insert_sql() for spec, _ in groups))
-            counts = {}
-            for spec, _ in groups:
-                counts[spec.table] = max(cur.rowcount, 0)
-                cur.nextset()
-        return counts
+                        write_row(row)
+                if into_table:
+                    counts[spec.table] = cur.rowcount
+                else:
+                    staged.append((spec, len(rows)))
+            if staged:
+                cur.execute(sql.SQL("; ").join(spec.insert_sql() for spec, _ in staged))
+                for spec, staged_rows in staged:
+                    written = max(cur.rowcount, 0)
+                    counts[spec.table] = written
+                    if spec.append_only and written == staged_rows:
+                        # None of it was stored: back to COPYing straight into the table.
+                        self._direct.add(spec.table)
+                    cur.nextset()
+        return {spec.table: counts[spec.table] for spec, _ in groups}
+
+    def _check_integer_ranges(self, groups: list[tuple[TableSpec, Sequence]]) -> None:
+        """Refuse int2/int4 values out of range before binary COPY would truncate them; the
+        tolerant text path then lets PostgreSQL reject exactly those rows."""
+        for spec, rows in groups:
+            for index, low, high in self._integer_checks[spec.table]:
+                values = [v for v in map(itemgetter(index), rows) if v is not None]
+                if values and (min(values) < low or max(values) > high):
+                    raise ValueError(f"{spec.table}.{spec.columns[index]}: integer out of range")
 
     def _write_tolerant(
         self, conn: psycopg.Connection, groups: list[tuple[TableSpec, Sequence]]
     ) -> dict[str, int]:
-        """Slow path: per-table savepoints, bisecting to the rows PostgreSQL refuses."""
+        """Slow path: per-table savepoints, bisecting to the rows PostgreSQL refuses. Text COPY
+        here: PostgreSQL parses each value (naive times in the session zone, UTC), and its
+        messages name the problem."""
         counts: Counter[str] = Counter()
         rejected: list[tuple[TableSpec, Any, BaseException]] = []
         with conn.transaction():
@@ -332,14 +407,15 @@ class PostgresWriter:
             if rejected:
                 letters = [_rejection_letter(spec, row, error) for spec, row, error in rejected]
                 counts[_DEAD_LETTERS.table] += self._copy_and_insert(
-                    conn, [(_DEAD_LETTERS, letters)]
+                    conn, [(_DEAD_LETTERS, letters)], direct=frozenset(), binary=False
                 )[_DEAD_LETTERS.table]
-        counts["rejected"] = len(rejected)
-        log.warning(
-            "%d row(s) rejected by PostgreSQL, stored in dead_letters as %s<table>",
-            len(rejected),
-            SINK_SOURCE_PREFIX,
-        )
+        if rejected:
+            counts["rejected"] = len(rejected)
+            log.warning(
+                "%d row(s) rejected by PostgreSQL, stored in dead_letters as %s<table>",
+                len(rejected),
+                SINK_SOURCE_PREFIX,
+            )
         return dict(counts)
 
     def _bisect(
@@ -351,7 +427,9 @@ class PostgresWriter:
     ) -> int:
         try:
             with conn.transaction():
-                written = self._copy_and_insert(conn, [(spec, rows)])[spec.table]
+                written = self._copy_and_insert(
+                    conn, [(spec, rows)], direct=frozenset(), binary=False
+                )[spec.table]
                 conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(spec.stage)))
             return written
         except Exception as error:
@@ -405,13 +483,14 @@ class PostgresWriter:
             application_name=self.application_name,
         )
         try:
-            conn.execute("SET TIME ZONE 'UTC'")
+            conn.execute(f"SET TIME ZONE 'UTC'; SET temp_buffers = '{_TEMP_BUFFERS}'")
             if self.ensure_schema:
                 self._flavour = upgrade_connection(conn).flavour
             else:
                 self._flavour = database_flavour(conn)
                 if self._flavour is None:
                     raise RuntimeError("database is not migrated; run `velo db upgrade` first")
+            self._load_column_types(conn)
             conn.execute(sql.SQL("; ").join(spec.create_stage_sql() for spec in TABLES))
         except BaseException:
             conn.close()
@@ -421,6 +500,31 @@ class PostgresWriter:
         self._connected_before = True
         self._conn = conn
         return conn
+
+    def _load_column_types(self, conn: psycopg.Connection) -> None:
+        found: dict[str, dict[str, int]] = {}
+        for table, column, oid in conn.execute(
+            "SELECT c.relname::text, a.attname::text, a.atttypid::int"
+            " FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+            " WHERE a.attrelid = ANY(%s::regclass[]) AND a.attnum > 0 AND NOT a.attisdropped",
+            (list(TABLE_NAMES),),
+        ):
+            found.setdefault(table, {})[column] = oid
+        for spec in TABLES:
+            columns = found.get(spec.table, {})
+            missing = [c for c in spec.columns if c not in columns]
+            if missing:
+                raise RuntimeError(
+                    f"table {spec.table} has no column(s) {', '.join(missing)};"
+                    " run `velo db upgrade`"
+                )
+            oids = tuple(columns[c] for c in spec.columns)
+            self._column_types[spec.table] = oids
+            self._integer_checks[spec.table] = tuple(
+                (index, *_INTEGER_RANGES[oid])
+                for index, oid in enumerate(oids)
+                if oid in _INTEGER_RANGES
+            )
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

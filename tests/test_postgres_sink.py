@@ -170,6 +170,78 @@ def test_a_second_writer_replaying_changes_nothing(any_database: str) -> None:
     assert count_rows(any_database) == EXPECTED_COUNTS
 
 
+def test_a_batch_overlapping_stored_rows_writes_only_the_new_ones(writer: PostgresWriter) -> None:
+    """Kafka redelivery after a crash: the first half of a batch was committed before."""
+    ticks = [tick(s, sel) for s in range(0, 240, 15) for sel in (101, 102)]
+    assert writer.write(TableBatch(runner_ticks=ticks[:10])) == {"runner_ticks": 10}
+    assert writer.direct_tables >= {"runner_ticks"}
+
+    # The straight COPY meets a stored key, so the batch goes through staging instead.
+    assert writer.write(TableBatch(runner_ticks=ticks)) == {"runner_ticks": 22}
+    assert "runner_ticks" not in writer.direct_tables
+    assert dump_table(writer.url, "runner_ticks") == sorted(ticks)
+
+    # A staged batch that was all new puts the table back on the straight COPY.
+    later = [t._replace(seq=t.seq + 1000) for t in ticks[:4]]
+    assert writer.write(TableBatch(runner_ticks=later)) == {"runner_ticks": 4}
+    assert "runner_ticks" in writer.direct_tables
+    assert writer.write(TableBatch(runner_ticks=later + ticks[:2])) == {"runner_ticks": 0}
+    assert count_rows(writer.url)["runner_ticks"] == 36
+
+
+def test_concurrent_writers_of_the_same_rows_store_one_copy(any_database: str) -> None:
+    """Two processes replaying the same recording at once: one copy, counts add up."""
+    ticks = [tick(s, sel) for s in range(0, 600, 5) for sel in (101, 102, 103)]
+    batches = [ticks[i : i + 60] for i in range(0, len(ticks), 60)]
+    written: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def replay() -> None:
+        try:
+            with PostgresWriter(any_database) as sink:
+                start.wait()
+                for rows in batches:
+                    written.append(sink.write(TableBatch(runner_ticks=rows)).get("runner_ticks", 0))
+        except BaseException as error:  # asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=replay) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert sum(written) == len(ticks)
+    assert dump_table(any_database, "runner_ticks") == sorted(ticks)
+
+
+def test_integers_out_of_range_are_dead_letters_not_truncated(writer: PostgresWriter) -> None:
+    # Binary COPY of 2**40 into an int4 column would store 0; the row must be refused instead.
+    huge = tick(5, spread_ticks=2**40)
+    counts = writer.write(TableBatch(runner_ticks=[tick(0), huge, tick(10)]))
+    assert counts == {"runner_ticks": 2, "dead_letters": 1, "rejected": 1}
+    (letter,) = dump_table(writer.url, "dead_letters")
+    assert letter[0] == "postgres_sink:runner_ticks"
+    assert "out of range for type integer" in letter[2]
+    assert [row[13] for row in dump_table(writer.url, "runner_ticks")] == [3, 3]
+
+
+def test_naive_times_are_stored_as_utc(writer: PostgresWriter) -> None:
+    naive = tick(0)._replace(publish_time=T0.replace(tzinfo=None))
+    assert writer.write(TableBatch(runner_ticks=[naive])) == {"runner_ticks": 1}
+    assert dump_table(writer.url, "runner_ticks") == [tuple(tick(0))]
+
+
+def test_loosely_typed_definition_values_are_stored_as_before(writer: PostgresWriter) -> None:
+    """Market definitions come straight from the feed: text a number column can parse, or a
+    number in a text column, is stored as PostgreSQL parses it (not rejected)."""
+    odd = market(number_of_winners="1", venue=42)
+    assert writer.write(TableBatch(markets=[odd])) == {"markets": 1}
+    (stored,) = dump_table(writer.url, "markets")
+    assert (stored[6], stored[9]) == ("42", 1)
+
+
 def test_rows_round_trip_exactly(writer: PostgresWriter) -> None:
     batch = full_batch()
     writer.write(batch)
