@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from types import FrameType
 
@@ -70,7 +71,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     racecards.add_argument("--max-results", type=int, default=1000, help="per request (max 1000)")
     racecards.add_argument("--once", action="store_true", help="poll once and exit")
+    racecards.add_argument(
+        "--hkjc",
+        type=Path,
+        default=None,
+        help="instead of Betfair: publish the racecard and result events of the HKJC files in "
+        "this folder (e.g. ../shared/data/racing/hkjc), in race order, then exit",
+    )
+    racecards.add_argument(
+        "--from",
+        dest="date_from",
+        type=date.fromisoformat,
+        default=None,
+        help="with --hkjc: first meeting date (YYYY-MM-DD)",
+    )
+    racecards.add_argument(
+        "--to",
+        dest="date_to",
+        type=date.fromisoformat,
+        default=None,
+        help="with --hkjc: last meeting date (YYYY-MM-DD)",
+    )
     racecards.set_defaults(func=run_racecards)
+
+
+def publish_hkjc(args: argparse.Namespace) -> int:
+    """HKJC races as versioned racecard + result events (key = race id); bad races dead-lettered."""
+    import polars as pl
+
+    from connectors.betfair_catalogue import RacecardSink
+    from connectors.hkjc import load_hkjc, race_events
+    from operators.racing_events import EventValidationError, dump_event
+
+    settings = get_settings()
+    data = load_hkjc(args.hkjc)
+    entries = data.entries
+    if args.date_from:
+        entries = entries.filter(pl.col("race_date") >= args.date_from)
+    if args.date_to:
+        entries = entries.filter(pl.col("race_date") <= args.date_to)
+    sink = RacecardSink(
+        args.bootstrap or settings.kafka_bootstrap,
+        args.topic or settings.velo_topic_racecards,
+        settings.velo_topic_dead_letters,
+    )
+    for event in race_events(entries):
+        if isinstance(event, EventValidationError):
+            sink.dead_letter("hkjc", "invalid_event", str(event))
+            continue
+        racecard, result = event
+        sink.publish(racecard.race_id, dump_event(racecard))
+        sink.publish(racecard.race_id, dump_event(result))
+    undelivered = sink.flush(60)
+    print(orjson.dumps({**sink.metrics.as_dict(), "undelivered": undelivered}).decode())
+    return 1 if undelivered or sink.metrics.delivery_failures else 0
 
 
 def _configure_logging() -> None:
@@ -148,6 +202,8 @@ def run_scout(args: argparse.Namespace) -> int:
 
 
 def run_racecards(args: argparse.Namespace) -> int:
+    if args.hkjc is not None:
+        return publish_hkjc(args)
     from connectors.betfair_catalogue import CataloguePoller, RacecardSink
     from connectors.betfair_live import (
         BetfairEndpoints,
