@@ -7,8 +7,9 @@ else is a delta. A market definition, when present, is the full current definiti
 from __future__ import annotations
 
 from datetime import datetime
+from math import copysign
 
-from operators.runner_book import LadderDelta, RunnerBook, RunnerUpdate
+from operators.runner_book import LadderDelta, RunnerBook
 
 RunnerKey = tuple[int, float]
 SETTLED_STATUSES = frozenset({"WINNER", "LOSER", "PLACED", "REMOVED", "HIDDEN"})
@@ -24,21 +25,9 @@ def parse_betfair_time(value: str | None) -> datetime | None:
         return None
 
 
-class ChangeResult:
-    """What one `mc` element changed: runners touched, ladder deltas, volume, definition."""
-
-    __slots__ = ("definition_changed", "invalid_entries", "touched")
-
-    def __init__(self) -> None:
-        self.touched: dict[RunnerKey, RunnerUpdate] = {}
-        self.definition_changed = False
-        self.invalid_entries = 0
-
-    def market_update(self) -> RunnerUpdate:
-        """The runners' updates summed: the market's traded volume and ladder churn."""
-        if len(self.touched) == 1:
-            return next(iter(self.touched.values()))
-        return RunnerUpdate(*map(sum, zip(*self.touched.values(), strict=True)))
+AppliedChange = tuple[list[RunnerBook], int, bool, bool]
+"""What one `mc` element did: (runners touched in first-touch order, invalid entries,
+definition received, a best price moved or the runners' statuses may have changed)."""
 
 
 class MarketBook:
@@ -54,46 +43,75 @@ class MarketBook:
         self.market_time_ms: int | None = None
         self.total_matched = 0.0
         self.runners: dict[RunnerKey, RunnerBook] = {}
+        self._plain_runners: dict[int, RunnerBook] = {}
+        """Runners keyed `(int id, 0.0)`, by id alone: most `rc` elements carry no `hc`."""
         self.publish_time_ms = 0
         self.messages = 0
 
     def apply(
         self, change: dict, publish_time_ms: int, deltas: list[LadderDelta] | None
-    ) -> ChangeResult:
-        result = ChangeResult()
+    ) -> AppliedChange:
+        """Apply one `mc` element; each touched runner's `moved_*` say what it did there."""
         self.messages += 1
+        message = self.messages
         self.publish_time_ms = max(self.publish_time_ms, publish_time_ms)
+        prices_moved = False
         if change.get("img"):
             for runner in self.runners.values():
                 runner.clear_prices()
             self.total_matched = 0.0
+            prices_moved = True
         definition = change.get("marketDefinition")
-        if isinstance(definition, dict):
+        definition_changed = isinstance(definition, dict)
+        if definition_changed:
             self._apply_definition(definition)
-            result.definition_changed = True
+            prices_moved = True
+        touched: list[RunnerBook] = []
+        invalid = 0
         runner_changes = change.get("rc")
         if runner_changes:
+            plain_runners = self._plain_runners
             for rc in runner_changes:
                 try:
-                    key = (rc["id"], float(rc.get("hc", 0.0)))
+                    selection_id = rc["id"]
+                    runner = (
+                        plain_runners.get(selection_id)
+                        if type(selection_id) is int and "hc" not in rc
+                        else None
+                    )
+                    if runner is not None:
+                        key = runner.key
+                    else:
+                        key = (selection_id, float(rc.get("hc", 0.0)))
+                        runner = self.runners.get(key)
+                        if runner is None:
+                            runner = self._add_runner(key)
+                            prices_moved = True  # one more active runner
                 except (KeyError, TypeError, ValueError):
-                    result.invalid_entries += 1
+                    invalid += 1
                     continue
-                runner = self.runners.get(key)
-                if runner is None:
-                    runner = self.runners[key] = RunnerBook(*key)
-                update = runner.apply(rc, deltas)
-                result.invalid_entries += update.invalid_entries
-                previous = result.touched.get(key)
-                result.touched[key] = (
-                    update
-                    if previous is None
-                    else RunnerUpdate(*(a + b for a, b in zip(previous, update, strict=True)))
-                )
+                if runner.touched_in != message:
+                    runner.touched_in = message
+                    runner.tick_key = key
+                    runner.moved_traded = 0.0
+                    runner.moved_back_added = runner.moved_back_removed = 0.0
+                    runner.moved_lay_added = runner.moved_lay_removed = 0.0
+                    touched.append(runner)
+                best_back, best_lay = runner.best_back, runner.best_lay
+                invalid += runner.apply(rc, deltas)
+                if runner.best_back != best_back or runner.best_lay != best_lay:
+                    prices_moved = True
         total = change.get("tv")
-        if isinstance(total, float | int) and total >= 0:
+        if isinstance(total, (float, int)) and total >= 0:
             self.total_matched = total
-        return result
+        return touched, invalid, definition_changed, prices_moved
+
+    def _add_runner(self, key: RunnerKey) -> RunnerBook:
+        runner = self.runners[key] = RunnerBook(*key)
+        selection_id, handicap = key
+        if type(selection_id) is int and handicap == 0.0 and copysign(1.0, handicap) > 0:
+            self._plain_runners[selection_id] = runner
+        return runner
 
     def _apply_definition(self, definition: dict) -> None:
         self.definition = definition
@@ -108,9 +126,7 @@ class MarketBook:
                 key = (runner_definition["id"], float(runner_definition.get("hc", 0.0)))
             except (KeyError, TypeError, ValueError):
                 continue
-            runner = self.runners.get(key)
-            if runner is None:
-                runner = self.runners[key] = RunnerBook(*key)
+            runner = self.runners.get(key) or self._add_runner(key)
             runner.status = runner_definition.get("status", runner.status)
             runner.bsp = runner_definition.get("bsp", runner.bsp)
             runner.adjustment_factor = runner_definition.get("adjustmentFactor")

@@ -23,14 +23,16 @@ from operators.records import (
     RunnerTick,
     WindowAggregate,
 )
-from operators.runner_book import LadderDelta
+from operators.runner_book import LadderDelta, RunnerBook
 from operators.stream_messages import BadLine, MarketChange
 from operators.windows import (
     DEFAULT_WINDOW_SECONDS,
-    MARKET_SELECTION_ID,
     PERSISTED_WINDOW_SECONDS,
     MarketWindows,
 )
+
+_new_record = tuple.__new__
+"""Builds a NamedTuple from a tuple without its per-field Python `__new__` (hot path)."""
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -90,8 +92,10 @@ class MarketProcessor:
         self.last_publish_ms = 0
         # Tick rows are written only when a value changes: a message that moves nothing a
         # tick shows (e.g. a level deep in the ladder) leaves its trace in the windows' churn.
-        self._last_runner_values: dict[tuple[int, float], tuple] = {}
+        self._last_runner_values: dict[RunnerBook, tuple] = {}
         self._last_market_values: tuple | None = None
+        self._overrounds = self.book.overrounds()
+        """The market's book percentages, recomputed only when a best price or status moved."""
 
     def process(self, changes: list[MarketChange], out: SinkBatch | None = None) -> SinkBatch:
         out = out if out is not None else SinkBatch()
@@ -114,62 +118,54 @@ class MarketProcessor:
             publish_ms = self.last_publish_ms
         self.last_publish_ms = publish_ms
         self.seq += 1
+        seq = self.seq
         out.messages += 1
         windows = self.windows
         windows.advance(publish_ms, out.windows, out.live_windows)
 
-        deltas: list[LadderDelta] | None = out.deltas if self.keep_deltas else None
         book = self.book
-        result = book.apply(change, publish_ms, deltas)
-        if result.invalid_entries:
+        touched, invalid, definition_changed, prices_moved = book.apply(
+            change, publish_ms, out.deltas if self.keep_deltas else None
+        )
+        if invalid:
             out.dead_letters.append(self._dead(item, "invalid_ladder_entry"))
         publish_time = ms_to_datetime(item.publish_time_ms)
         seconds_to_off = book.seconds_to_off(publish_ms)
-        if result.definition_changed:
+        if definition_changed:
             self._emit_definition(publish_time, out)
 
-        for key, update in result.touched.items():
-            runner = book.runners[key]
-            wom = runner.weight_of_money()
-            price = runner.ltp if runner.ltp is not None else runner.best_back
-            windows.observe(key, price, update, wom)
-            values = (
-                runner.status,
-                book.in_play,
-                runner.best_back,
-                runner.best_size("back"),
-                runner.best_lay,
-                runner.best_size("lay"),
-                runner.ltp,
-                runner.trd_volume,
-                runner.spread_ticks(),
-                wom,
-                runner.implied_probability(),
-                runner.vwap(),
-                runner.spn,
-                runner.spf,
-            )
-            if self._last_runner_values.get(key) != values:
-                self._last_runner_values[key] = values
-                out.runner_ticks.append(
-                    RunnerTick(
-                        self.market_id,
-                        key[0],
-                        key[1],
-                        publish_time,
-                        self.seq,
-                        *values,
-                        seconds_to_off,
+        if touched:
+            market_id = self.market_id
+            in_play = book.in_play
+            last_values = self._last_runner_values
+            runner_ticks = out.runner_ticks
+            for runner in touched:
+                values = runner.tick_values(in_play)
+                if last_values.get(runner) != values:
+                    last_values[runner] = values
+                    selection_id, handicap = runner.tick_key
+                    runner_ticks.append(
+                        _new_record(
+                            RunnerTick,
+                            (
+                                market_id,
+                                selection_id,
+                                handicap,
+                                publish_time,
+                                seq,
+                                *values,
+                                seconds_to_off,
+                            ),
+                        )
                     )
-                )
-        if result.touched:
-            windows.observe((MARKET_SELECTION_ID, 0.0), None, result.market_update(), None)
-        back_book, lay_book, active = book.overrounds()
-        market_values = (book.status, book.in_play, book.total_matched, back_book, lay_book, active)
+            windows.observe(touched)
+        if prices_moved:
+            self._overrounds = book.overrounds()
+        market_values = (book.status, book.in_play, book.total_matched, *self._overrounds)
         if market_values != self._last_market_values:
             self._last_market_values = market_values
             out.market_ticks.append(
-                MarketTick(self.market_id, publish_time, self.seq, *market_values, seconds_to_off)
+                MarketTick(self.market_id, publish_time, seq, *market_values, seconds_to_off)
             )
 
     def _emit_definition(self, publish_time: datetime, out: SinkBatch) -> None:

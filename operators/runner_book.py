@@ -3,16 +3,22 @@
 Ladders are `{price: size}` dicts; an update with size 0 removes the level. Every change to
 the `atb`/`atl` ladders is recorded as a signed size delta so window operators and
 manipulation detectors see what was added or pulled at which price, not only snapshots.
+
+This is the hottest code of the market flow (every `rc` element of every message), so the
+book keeps each full ladder's prices in a sorted list next to the dict: the best price and
+the weight-of-money levels (the best three, as exchange screens show them) are read off its
+ends instead of scanning or sorting the ladder.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from typing import NamedTuple
 
 from operators.price_ladder import ticks_between
 
-WOM_LEVELS = 3
-"""Weight of money uses the best three levels on each side, as exchange screens show them."""
+_new_record = tuple.__new__
+"""Builds a NamedTuple from a tuple without its per-field Python `__new__` (hot path)."""
 
 
 class LadderDelta(NamedTuple):
@@ -25,17 +31,6 @@ class LadderDelta(NamedTuple):
     size_delta: float
 
 
-class RunnerUpdate(NamedTuple):
-    """What one `rc` element did to a runner."""
-
-    traded: float
-    invalid_entries: int
-    back_added: float
-    back_removed: float
-    lay_added: float
-    lay_removed: float
-
-
 def _valid_number(value: object) -> bool:
     # JSON (orjson) never yields NaN or infinity, so a type check and a sign check suffice.
     kind = type(value)
@@ -43,12 +38,17 @@ def _valid_number(value: object) -> bool:
 
 
 class RunnerBook:
-    """Mutable state of one runner in one market."""
+    """Mutable state of one runner in one market.
+
+    `moved_*` hold what the current stream message did to the runner (the market book resets
+    them when a message first touches it); the processor feeds them to the windows.
+    """
 
     __slots__ = (
         "adjustment_factor",
         "atb",
         "atl",
+        "back_prices",
         "batb",
         "batl",
         "bdatb",
@@ -57,7 +57,14 @@ class RunnerBook:
         "best_lay",
         "bsp",
         "handicap",
+        "key",
+        "lay_prices",
         "ltp",
+        "moved_back_added",
+        "moved_back_removed",
+        "moved_lay_added",
+        "moved_lay_removed",
+        "moved_traded",
         "name",
         "removal_date",
         "selection_id",
@@ -66,28 +73,49 @@ class RunnerBook:
         "spf",
         "spl",
         "spn",
+        "spread",
+        "spread_prices",
         "status",
+        "tick_key",
         "total_matched",
+        "touched_in",
         "trd",
         "trd_notional",
         "trd_volume",
+        "wom",
+        "wom_stale",
     )
 
     def __init__(self, selection_id: int, handicap: float) -> None:
         self.selection_id = selection_id
         self.handicap = handicap
+        self.key = (selection_id, handicap)
         self.status = "ACTIVE"
         self.name: str | None = None
         self.sort_priority: int | None = None
         self.adjustment_factor: float | None = None
         self.removal_date: str | None = None
         self.bsp: float | None = None
+        self.touched_in = -1
+        """Number of the market message that last touched the runner."""
+        self.tick_key = self.key
+        """`(id, hc)` exactly as that message spelled them (what its records carry)."""
+        self.moved_traded = 0.0
+        self.moved_back_added = self.moved_back_removed = 0.0
+        self.moved_lay_added = self.moved_lay_removed = 0.0
+        self.spread_prices: tuple[float | None, float | None] = (None, None)
+        self.spread: int | None = None
+        """Spread in ticks, cached for `spread_prices` (the ladder lookup is not free)."""
         self.clear_prices()
 
     def clear_prices(self) -> None:
         """Forget all price data (an `img` replaces the runner's state)."""
         self.atb: dict[float, float] = {}
         self.atl: dict[float, float] = {}
+        self.back_prices: list[float] = []
+        """`atb`'s prices (its own key objects), ascending: best back is the last."""
+        self.lay_prices: list[float] = []
+        """`atl`'s prices (its own key objects), ascending: best lay is the first."""
         self.batb: dict[int, tuple[float, float]] = {}
         self.batl: dict[int, tuple[float, float]] = {}
         self.bdatb: dict[int, tuple[float, float]] = {}
@@ -103,23 +131,40 @@ class RunnerBook:
         self.spf: float | None = None
         self.best_back: float | None = None
         self.best_lay: float | None = None
+        self.wom: float | None = None
+        self.wom_stale = False
+        """The full ladders changed since `wom` was computed."""
 
     # -- applying a runner change (`rc` element) -------------------------------------------
 
-    def apply(self, rc: dict, deltas: list[LadderDelta] | None) -> RunnerUpdate:
-        """Apply one `rc` element; say what it traded and added/pulled on each side."""
-        traded = back_added = back_removed = lay_added = lay_removed = 0.0
+    def apply(self, rc: dict, deltas: list[LadderDelta] | None) -> int:
+        """Apply one `rc` element, add its volume and churn to `moved_*`; count bad entries.
+
+        Keys are handled in the element's order, so deltas come out in stream order.
+        """
         invalid = 0
+        back_levels = lay_levels = False
         for key, value in rc.items():
+            if key == "id":
+                continue
             if key == "atb":
-                bad, back_added, back_removed = self._apply_full(self.atb, value, "back", deltas)
+                bad, added, removed = self._apply_full(
+                    self.atb, self.back_prices, value, "back", deltas
+                )
                 invalid += bad
+                self.moved_back_added += added
+                self.moved_back_removed += removed
+                back_levels = self.wom_stale = True
             elif key == "atl":
-                bad, lay_added, lay_removed = self._apply_full(self.atl, value, "lay", deltas)
+                bad, added, removed = self._apply_full(
+                    self.atl, self.lay_prices, value, "lay", deltas
+                )
                 invalid += bad
+                self.moved_lay_added += added
+                self.moved_lay_removed += removed
+                lay_levels = self.wom_stale = True
             elif key == "trd":
-                traded, bad = self._apply_traded(value)
-                invalid += bad
+                invalid += self._apply_traded(value)
             elif key == "ltp":
                 if _valid_number(value):
                     self.ltp = value
@@ -130,32 +175,43 @@ class RunnerBook:
                     self.total_matched = value
                 else:
                     invalid += 1
-            elif key == "batb":
-                invalid += _apply_levels(self.batb, value)
-            elif key == "batl":
-                invalid += _apply_levels(self.batl, value)
-            elif key == "bdatb":
-                invalid += _apply_levels(self.bdatb, value)
-            elif key == "bdatl":
-                invalid += _apply_levels(self.bdatl, value)
-            elif key == "spb":
-                invalid += _apply_prices(self.spb, value)
-            elif key == "spl":
-                invalid += _apply_prices(self.spl, value)
             elif key == "spn":
                 self.spn = value if _valid_number(value) else None
             elif key == "spf":
                 self.spf = value if _valid_number(value) else None
-        if "atb" in rc or "batb" in rc:
-            self.best_back = self._best(self.atb, self.batb, max)
-        if "atl" in rc or "batl" in rc:
-            self.best_lay = self._best(self.atl, self.batl, min)
-        return RunnerUpdate(traded, invalid, back_added, back_removed, lay_added, lay_removed)
+            elif key == "spb":
+                invalid += _apply_prices(self.spb, value)
+            elif key == "spl":
+                invalid += _apply_prices(self.spl, value)
+            elif key == "batb":
+                invalid += _apply_levels(self.batb, value)
+                back_levels = True
+            elif key == "batl":
+                invalid += _apply_levels(self.batl, value)
+                lay_levels = True
+            elif key == "bdatb":
+                invalid += _apply_levels(self.bdatb, value)
+            elif key == "bdatl":
+                invalid += _apply_levels(self.bdatl, value)
+        if back_levels:
+            prices = self.back_prices
+            self.best_back = prices[-1] if prices else _top_price(self.batb)
+        if lay_levels:
+            prices = self.lay_prices
+            self.best_lay = prices[0] if prices else _top_price(self.batl)
+        return invalid
 
     def _apply_full(
-        self, ladder: dict[float, float], entries: list, side: str, deltas: list | None
+        self,
+        ladder: dict[float, float],
+        prices: list[float],
+        entries: list,
+        side: str,
+        deltas: list | None,
     ) -> tuple[int, float, float]:
         """Apply `[price, size]` levels; return (invalid entries, size added, size pulled)."""
+        if type(entries) is not list:
+            return 1, 0.0, 0.0
         invalid = 0
         added = removed = 0.0
         for entry in entries:
@@ -164,14 +220,27 @@ class RunnerBook:
             except (TypeError, ValueError):
                 invalid += 1
                 continue
-            if not (_valid_number(price) and _valid_number(size)):
+            price_kind = type(price)
+            size_kind = type(size)
+            if not (
+                (price_kind is float or price_kind is int)
+                and (size_kind is float or size_kind is int)
+                and price >= 0
+                and size >= 0
+            ):
                 invalid += 1
                 continue
             if size:
-                old = ladder.get(price, 0.0)
+                old = ladder.get(price)
                 ladder[price] = size
+                if old is None:
+                    insort(prices, price)
+                    old = 0.0
             else:
-                old = ladder.pop(price, 0.0)
+                old = ladder.pop(price, None)
+                if old is None:
+                    continue
+                del prices[bisect_left(prices, price)]
             change = size - old
             if change > 0:
                 added += change
@@ -180,10 +249,18 @@ class RunnerBook:
             else:
                 continue
             if deltas is not None:
-                deltas.append(LadderDelta(self.selection_id, self.handicap, side, price, change))
+                deltas.append(
+                    _new_record(
+                        LadderDelta, (self.selection_id, self.handicap, side, price, change)
+                    )
+                )
         return invalid, added, removed
 
-    def _apply_traded(self, entries: list) -> tuple[float, int]:
+    def _apply_traded(self, entries: list) -> int:
+        """Apply traded-volume levels; add the volume traded to `moved_traded`."""
+        if type(entries) is not list:
+            return 1
+        trd = self.trd
         added = 0.0
         invalid = 0
         for entry in entries:
@@ -195,65 +272,92 @@ class RunnerBook:
             if not (_valid_number(price) and _valid_number(size)):
                 invalid += 1
                 continue
-            old = self.trd.get(price, 0.0)
+            old = trd.get(price, 0.0)
             if size:
-                self.trd[price] = size
+                trd[price] = size
             else:
-                self.trd.pop(price, None)
+                trd.pop(price, None)
             change = size - old
             self.trd_volume += change
             self.trd_notional += change * price
             if change > 0:
                 added += change
-        return added, invalid
-
-    @staticmethod
-    def _best(
-        full: dict[float, float], levels: dict[int, tuple[float, float]], pick
-    ) -> float | None:
-        if full:
-            return pick(full)
-        top = levels.get(0)
-        return top[0] if top else None
+        self.moved_traded += added
+        return invalid
 
     # -- derived values --------------------------------------------------------------------
 
-    def best_size(self, side: str) -> float | None:
-        price = self.best_back if side == "back" else self.best_lay
-        if price is None:
-            return None
-        full = self.atb if side == "back" else self.atl
-        if full:
-            return full.get(price)
-        top = (self.batb if side == "back" else self.batl).get(0)
-        return top[1] if top else None
+    def tick_values(self, in_play: bool) -> tuple:
+        """The values of a `RunnerTick` from `status` to `spf`, in its field order."""
+        back = self.best_back
+        lay = self.best_lay
+        if back is None:
+            back_size = None
+        elif self.atb:
+            back_size = self.atb.get(back)
+        else:
+            back_size = self.batb[0][1]
+        if lay is None:
+            lay_size = None
+        elif self.atl:
+            lay_size = self.atl.get(lay)
+        else:
+            lay_size = self.batl[0][1]
+        if self.spread_prices != (back, lay):
+            self.spread_prices = (back, lay)
+            self.spread = None if back is None or lay is None else ticks_between(back, lay)
+        if self.wom_stale:
+            self.wom_stale = False
+            self.wom = self._weight_of_money()
+        if back is not None and lay is not None:
+            implied = 0.5 * (1.0 / back + 1.0 / lay)
+        elif back is not None:
+            implied = 1.0 / back
+        elif lay is not None:
+            implied = 1.0 / lay
+        else:
+            implied = 1.0 / self.ltp if self.ltp else None
+        volume = self.trd_volume
+        return (
+            self.status,
+            in_play,
+            back,
+            back_size,
+            lay,
+            lay_size,
+            self.ltp,
+            volume,
+            self.spread,
+            self.wom,
+            implied,
+            self.trd_notional / volume if volume > 0 else None,
+            self.spn,
+            self.spf,
+        )
 
-    def spread_ticks(self) -> int | None:
-        if self.best_back is None or self.best_lay is None:
-            return None
-        return ticks_between(self.best_back, self.best_lay)
+    def _weight_of_money(self) -> float | None:
+        """Share of the best three levels' size that is on the back side (0..1).
 
-    def weight_of_money(self) -> float | None:
-        """Share of the best levels' size that is on the back side (0..1)."""
-        atb, atl = self.atb, self.atl
-        back = sum([atb[p] for p in sorted(atb, reverse=True)[:WOM_LEVELS]]) if atb else 0.0
-        lay = sum([atl[p] for p in sorted(atl)[:WOM_LEVELS]]) if atl else 0.0
+        Sizes add best level first, one by one, exactly as `sum` did on Python 3.11.
+        """
+        atb, prices = self.atb, self.back_prices
+        back = 0.0
+        if prices:
+            back = atb[prices[-1]]
+            if len(prices) > 1:
+                back += atb[prices[-2]]
+                if len(prices) > 2:
+                    back += atb[prices[-3]]
+        atl, prices = self.atl, self.lay_prices
+        lay = 0.0
+        if prices:
+            lay = atl[prices[0]]
+            if len(prices) > 1:
+                lay += atl[prices[1]]
+                if len(prices) > 2:
+                    lay += atl[prices[2]]
         total = back + lay
         return back / total if total > 0 else None
-
-    def implied_probability(self) -> float | None:
-        """Mid of the back and lay prices in probability space; LTP when the book is one-sided."""
-        back, lay = self.best_back, self.best_lay
-        if back is not None and lay is not None:
-            return 0.5 * (1.0 / back + 1.0 / lay)
-        if back is not None:
-            return 1.0 / back
-        if lay is not None:
-            return 1.0 / lay
-        return 1.0 / self.ltp if self.ltp else None
-
-    def vwap(self) -> float | None:
-        return self.trd_notional / self.trd_volume if self.trd_volume > 0 else None
 
     def snapshot(self, market_id: str) -> dict:
         """The end-of-stream JSON shape of `velo replay --snapshot-out`."""
@@ -271,7 +375,14 @@ class RunnerBook:
         }
 
 
+def _top_price(levels: dict[int, tuple[float, float]]) -> float | None:
+    top = levels.get(0)
+    return top[0] if top else None
+
+
 def _apply_levels(levels: dict[int, tuple[float, float]], entries: list) -> int:
+    if type(entries) is not list:
+        return 1
     invalid = 0
     for entry in entries:
         try:
@@ -290,6 +401,8 @@ def _apply_levels(levels: dict[int, tuple[float, float]], entries: list) -> int:
 
 
 def _apply_prices(ladder: dict[float, float], entries: list) -> int:
+    if type(entries) is not list:
+        return 1
     invalid = 0
     for entry in entries:
         try:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import orjson
+from orjson import JSONDecodeError, loads
 
 CONTROL_OPS = frozenset({"connection", "status", "heartbeat"})
+_new_record = tuple.__new__
+"""Builds a NamedTuple from a tuple without its per-field Python `__new__` (hot path)."""
 
 
 class MarketChange(NamedTuple):
@@ -50,38 +52,50 @@ class ParsedLine(NamedTuple):
 
 def parse_line(raw: bytes | str, source: str, position: int) -> ParsedLine:
     """Split one stream line into market changes; never raises on bad input."""
+    parsed = _parse(raw, source, position)
+    if parsed is None:
+        return ParsedLine([], None, True)
+    if type(parsed) is str:
+        return ParsedLine([], _bad_line(source, position, parsed, raw), False)
+    return ParsedLine(parsed, None, False)
+
+
+def _parse(raw: bytes | str, source: str, position: int) -> list[MarketChange] | str | None:
+    """The line's market changes, or why it is bad, or None for a control message/heartbeat.
+
+    `route_lines` calls this for every line, so it returns plain values, not a `ParsedLine`.
+    """
     try:
-        message = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _bad(source, position, "malformed_json", raw)
-    if not isinstance(message, dict):
-        return _bad(source, position, "not_an_object", raw)
+        message = loads(raw)
+    except JSONDecodeError:
+        return "malformed_json"
+    if type(message) is not dict:
+        return "not_an_object"
     op = message.get("op")
     if op != "mcm":
-        if op in CONTROL_OPS:
-            return ParsedLine([], None, True)
-        return _bad(source, position, "unknown_op", raw)
+        return None if op in CONTROL_OPS else "unknown_op"
     publish_time = message.get("pt")
-    if not isinstance(publish_time, int) or isinstance(publish_time, bool):
-        return _bad(source, position, "missing_publish_time", raw)
+    if type(publish_time) is not int:
+        return "missing_publish_time"
     market_changes = message.get("mc")
     if market_changes is None or message.get("ct") == "HEARTBEAT":
-        return ParsedLine([], None, True)
-    if not isinstance(market_changes, list):
-        return _bad(source, position, "malformed_market_changes", raw)
+        return None
+    if type(market_changes) is not list:
+        return "malformed_market_changes"
     clk = message.get("clk")
     changes = []
     for change in market_changes:
-        market_id = change.get("id") if isinstance(change, dict) else None
-        if not isinstance(market_id, str):
-            return _bad(source, position, "malformed_market_changes", raw)
-        changes.append(MarketChange(market_id, publish_time, clk, change, source, position))
-    return ParsedLine(changes, None, False)
+        market_id = change.get("id") if type(change) is dict else None
+        if type(market_id) is not str:
+            return "malformed_market_changes"
+        changes.append(
+            _new_record(MarketChange, (market_id, publish_time, clk, change, source, position))
+        )
+    return changes
 
 
-def _bad(source: str, position: int, reason: str, raw: bytes | str) -> ParsedLine:
-    data = raw.encode() if isinstance(raw, str) else raw
-    return ParsedLine([], BadLine(source, position, reason, data), False)
+def _bad_line(source: str, position: int, reason: str, raw: bytes | str) -> BadLine:
+    return BadLine(source, position, reason, raw.encode() if isinstance(raw, str) else raw)
 
 
 class RoutedLines(NamedTuple):
@@ -100,17 +114,19 @@ def route_lines(lines: list[tuple[str, int, bytes | BadLine]]) -> RoutedLines:
     by_market: dict[str, list[MarketChange]] = {}
     bad: list[BadLine] = []
     for source, position, raw in lines:
-        if isinstance(raw, BadLine):
+        if type(raw) is BadLine:
             bad.append(raw)
             continue
-        parsed = parse_line(raw, source, position)
-        if parsed.bad is not None:
-            bad.append(parsed.bad)
+        parsed = _parse(raw, source, position)
+        if parsed is None:
             continue
-        for change in parsed.changes:
-            market = by_market.get(change.market_id)
+        if type(parsed) is str:
+            bad.append(_bad_line(source, position, parsed, raw))
+            continue
+        for change in parsed:
+            market = by_market.get(change[0])
             if market is None:
-                by_market[change.market_id] = [change]
+                by_market[change[0]] = [change]
             else:
                 market.append(change)
     return RoutedLines(by_market, bad, len(lines))

@@ -5,15 +5,20 @@ t a multiple of 10 s since the epoch), so every worker and every replay cuts the
 windows. Time comes in as an argument (the message's `pt`), never from the wall clock.
 When a market's clock crosses a boundary, every open window of that length closes at once;
 `flush` closes the rest at end of stream.
+
+Every window length sees every observation (one per touched runner and one for the market
+per message), so observing is the hot path: accumulators are plain lists (see `observe`)
+and a message that crosses no boundary costs one comparison in `advance`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from math import inf
 
-from operators.price_ladder import ticks_between
+from operators.price_ladder import PRICES, ticks_between
 from operators.records import WindowAggregate
-from operators.runner_book import RunnerUpdate
+from operators.runner_book import RunnerBook
 
 DEFAULT_WINDOW_SECONDS: tuple[int, ...] = (1, 10, 60)
 PERSISTED_WINDOW_SECONDS: tuple[int, ...] = (10, 60)
@@ -21,55 +26,10 @@ PERSISTED_WINDOW_SECONDS: tuple[int, ...] = (10, 60)
 add about one row per stream message)."""
 MARKET_SELECTION_ID = 0
 """Market-level windows are stored with this selection id."""
-
-
-class WindowAccumulator:
-    """Running totals of one window for one runner (or the whole market)."""
-
-    __slots__ = (
-        "back_added",
-        "back_removed",
-        "close_price",
-        "high_price",
-        "lay_added",
-        "lay_removed",
-        "low_price",
-        "open_price",
-        "traded_volume",
-        "updates",
-        "wom_close",
-        "wom_open",
-    )
-
-    def __init__(self) -> None:
-        self.updates = 0
-        self.open_price: float | None = None
-        self.high_price: float | None = None
-        self.low_price: float | None = None
-        self.close_price: float | None = None
-        self.traded_volume = 0.0
-        self.back_added = self.back_removed = self.lay_added = self.lay_removed = 0.0
-        self.wom_open: float | None = None
-        self.wom_close: float | None = None
-
-    def observe(self, price: float | None, update: RunnerUpdate, wom: float | None) -> None:
-        self.updates += 1
-        self.traded_volume += update.traded
-        self.back_added += update.back_added
-        self.back_removed += update.back_removed
-        self.lay_added += update.lay_added
-        self.lay_removed += update.lay_removed
-        if price is not None:
-            if self.open_price is None:
-                self.open_price = self.high_price = self.low_price = price
-            else:
-                self.high_price = max(self.high_price, price)
-                self.low_price = min(self.low_price, price)
-            self.close_price = price
-        if wom is not None:
-            if self.wom_open is None:
-                self.wom_open = wom
-            self.wom_close = wom
+_TICKS = {price: index for index, price in enumerate(PRICES)}
+"""Ladder positions of valid prices: most moves need no call into `ticks_between`."""
+_new_record = tuple.__new__
+"""Builds a NamedTuple from a tuple without its per-field Python `__new__` (hot path)."""
 
 
 class MarketWindows:
@@ -86,10 +46,13 @@ class MarketWindows:
         self.market_id = market_id
         self.window_seconds = tuple(sorted(set(window_seconds)))
         self.persisted_seconds = frozenset(persisted_seconds)
-        self._start_ms: dict[int, int | None] = {s: None for s in self.window_seconds}
-        self._open: dict[int, dict[tuple[int, float], WindowAccumulator]] = {
-            s: {} for s in self.window_seconds
-        }
+        self._start_ms: list[int | None] = [None for _ in self.window_seconds]
+        self._windows: list[tuple[int, dict[RunnerBook | None, list]]] = [
+            (seconds, {}) for seconds in self.window_seconds
+        ]
+        """Per length: open accumulators by runner (None: the market), in first-seen order."""
+        self._next_end_ms: float = -inf
+        """Earliest end of an open window (-inf until every length has one open)."""
 
     def advance(
         self, publish_time_ms: int, persisted: list[WindowAggregate], live: list[WindowAggregate]
@@ -98,71 +61,137 @@ class MarketWindows:
 
         Closed windows go to `persisted` when their length is stored, else to `live`.
         """
-        for seconds in self.window_seconds:
+        if publish_time_ms < self._next_end_ms:
+            return
+        next_end = inf
+        for index, seconds in enumerate(self.window_seconds):
             length = seconds * 1000
-            start = self._start_ms[seconds]
+            start = self._start_ms[index]
             if start is None or publish_time_ms >= start + length:
                 if start is not None:
-                    self._close(seconds, start, persisted, live)
-                self._start_ms[seconds] = publish_time_ms - publish_time_ms % length
+                    self._close(index, start, persisted, live)
+                start = self._start_ms[index] = publish_time_ms - publish_time_ms % length
+            next_end = min(next_end, start + length)
+        self._next_end_ms = next_end
 
-    def observe(
-        self, key: tuple[int, float], price: float | None, update: RunnerUpdate, wom: float | None
-    ) -> None:
-        for accumulators in self._open.values():
-            acc = accumulators.get(key)
+    def observe(self, runners: list[RunnerBook]) -> None:
+        """Add what one message did to each runner, and to the market, to every open window.
+
+        Each runner's observation is its price (LTP, else best back), `moved_*` volume and
+        churn, and weight of money; the market's is the runners' volume and churn added in
+        touch order. An accumulator is a `WindowAggregate` under construction: a list in
+        its field order, whose window bounds and price move `_close` fills in. Sums add in
+        observation order, so they round the same way on every replay.
+        """
+        market_id = self.market_id
+        windows = self._windows
+        first = True
+        for runner in runners:
+            ltp = runner.ltp
+            price = ltp if ltp is not None else runner.best_back
+            traded = runner.moved_traded
+            back_added = runner.moved_back_added
+            back_removed = runner.moved_back_removed
+            lay_added = runner.moved_lay_added
+            lay_removed = runner.moved_lay_removed
+            wom = runner.wom
+            if first:
+                first = False
+                market_traded, market_back_added, market_back_removed = (
+                    traded,
+                    back_added,
+                    back_removed,
+                )
+                market_lay_added, market_lay_removed = lay_added, lay_removed
+            else:
+                market_traded += traded
+                market_back_added += back_added
+                market_back_removed += back_removed
+                market_lay_added += lay_added
+                market_lay_removed += lay_removed
+            for seconds, accumulators in windows:
+                acc = accumulators.get(runner)
+                if acc is None:
+                    selection_id, handicap = runner.tick_key
+                    accumulators[runner] = [
+                        market_id, selection_id, handicap, seconds, None, None,
+                        1, price, price, price, price, None,
+                        traded, back_added, back_removed, lay_added, lay_removed, wom, wom,
+                    ]  # fmt: skip
+                    continue
+                acc[6] += 1
+                if price is not None:
+                    if acc[7] is None:
+                        acc[7] = acc[8] = acc[9] = price
+                    else:
+                        if price > acc[8]:
+                            acc[8] = price
+                        if price < acc[9]:
+                            acc[9] = price
+                    acc[10] = price
+                if traded:
+                    acc[12] += traded
+                if back_added:
+                    acc[13] += back_added
+                if back_removed:
+                    acc[14] += back_removed
+                if lay_added:
+                    acc[15] += lay_added
+                if lay_removed:
+                    acc[16] += lay_removed
+                if wom is not None:
+                    if acc[17] is None:
+                        acc[17] = wom
+                    acc[18] = wom
+        if first:
+            return
+        for seconds, accumulators in windows:
+            acc = accumulators.get(None)
             if acc is None:
-                acc = accumulators[key] = WindowAccumulator()
-            acc.observe(price, update, wom)
+                accumulators[None] = [
+                    market_id, MARKET_SELECTION_ID, 0.0, seconds, None, None,
+                    1, None, None, None, None, None,
+                    market_traded, market_back_added, market_back_removed,
+                    market_lay_added, market_lay_removed, None, None,
+                ]  # fmt: skip
+                continue
+            acc[6] += 1
+            acc[12] += market_traded
+            acc[13] += market_back_added
+            acc[14] += market_back_removed
+            acc[15] += market_lay_added
+            acc[16] += market_lay_removed
 
     def flush(self, persisted: list[WindowAggregate], live: list[WindowAggregate]) -> None:
         """Close all open windows (end of stream)."""
-        for seconds in self.window_seconds:
-            start = self._start_ms[seconds]
+        for index, start in enumerate(self._start_ms):
             if start is not None:
-                self._close(seconds, start, persisted, live)
-            self._start_ms[seconds] = None
+                self._close(index, start, persisted, live)
+            self._start_ms[index] = None
+        self._next_end_ms = -inf
 
     def _close(
         self,
-        seconds: int,
+        index: int,
         start_ms: int,
         persisted: list[WindowAggregate],
         live: list[WindowAggregate],
     ) -> None:
-        accumulators = self._open[seconds]
+        seconds, accumulators = self._windows[index]
         if not accumulators:
             return
         out = persisted if seconds in self.persisted_seconds else live
         window_start = datetime.fromtimestamp(start_ms / 1000, UTC)
         window_end = datetime.fromtimestamp((start_ms + seconds * 1000) / 1000, UTC)
-        for (selection_id, handicap), acc in accumulators.items():
-            move = (
-                ticks_between(acc.open_price, acc.close_price)
-                if acc.open_price is not None and acc.close_price is not None
-                else None
-            )
-            out.append(
-                WindowAggregate(
-                    self.market_id,
-                    selection_id,
-                    handicap,
-                    seconds,
-                    window_start,
-                    window_end,
-                    acc.updates,
-                    acc.open_price,
-                    acc.high_price,
-                    acc.low_price,
-                    acc.close_price,
-                    move,
-                    acc.traded_volume,
-                    acc.back_added,
-                    acc.back_removed,
-                    acc.lay_added,
-                    acc.lay_removed,
-                    acc.wom_open,
-                    acc.wom_close,
-                )
-            )
-        self._open[seconds] = {}
+        for acc in accumulators.values():
+            acc[4] = window_start
+            acc[5] = window_end
+            open_price = acc[7]
+            if open_price is not None:
+                close = acc[10]
+                if open_price in _TICKS and close in _TICKS:
+                    acc[11] = _TICKS[close] - _TICKS[open_price]
+                else:
+                    acc[11] = ticks_between(open_price, close)
+            out.append(_new_record(WindowAggregate, acc))
+        self._windows[index] = (seconds, {})
