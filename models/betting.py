@@ -56,7 +56,9 @@ def kelly_fractions(
         full_kelly = np.where(odds > 1.0, edge / (odds - 1.0), 0.0)
     fractions = np.where(edge > min_edge, kelly_fraction * full_kelly, 0.0)
     race_total = races.sum(fractions)
-    scale = np.where(race_total > max_race_fraction, max_race_fraction / race_total, 1.0)
+    over = race_total > max_race_fraction
+    scale = np.ones_like(race_total)
+    scale[over] = max_race_fraction / race_total[over]
     return fractions * scale[races.index]
 
 

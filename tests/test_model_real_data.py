@@ -52,6 +52,11 @@ def test_train_then_evaluate_on_the_next_season(hkjc_dir, tmp_path, capsys) -> N
                 "2020-08-31",
                 "--out",
                 str(model_dir),
+                "--variants",
+                "linear",
+                "--l2-grid",
+                "3.0",
+                "0.1",
                 "--json",
             ]
         )
