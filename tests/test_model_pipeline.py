@@ -10,6 +10,8 @@ import pytest
 
 from cli import models as models_cli
 from models.dataset import race_set_from_frame
+from models.evaluation import evaluate, online_input_names
+from models.online import OnlineResidualModel
 from models.pipeline import run_evaluation, train_and_save
 from models.report import write_report
 from models.synthetic import synthetic_training_frame
@@ -120,3 +122,13 @@ def test_models_list_show_promote(version, capsys) -> None:
     assert shown["version"] == version.version and shown["stage2"] == version.metadata["stage2"]
     assert _run_cli(["models", "promote", "missing", "--root", root]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_a_kept_online_component_keeps_learning_through_the_evaluation(version, data) -> None:
+    online = OnlineResidualModel(online_input_names(version.model), learning_rate=0.001)
+    window = data.between(date(2018, 12, 31), None)
+    evaluation = evaluate(version.model, window, online=online)
+    assert online.races_learnt == window.n_races
+    assert evaluation.online is not None and evaluation.online.races == window.n_races
+    assert evaluation.metrics["log_loss_online"] == pytest.approx(evaluation.online.log_loss_online)
+    assert evaluation.metrics["online_r2"] < 1.0
