@@ -25,9 +25,9 @@ def parse_betfair_time(value: str | None) -> datetime | None:
         return None
 
 
-AppliedChange = tuple[list[RunnerBook], int, bool, bool]
+AppliedChange = tuple[list[RunnerBook], int, bool]
 """What one `mc` element did: (runners touched in first-touch order, invalid entries,
-definition received, a best price moved or the runners' statuses may have changed)."""
+definition received)."""
 
 
 class MarketBook:
@@ -54,18 +54,16 @@ class MarketBook:
         """Apply one `mc` element; each touched runner's `moved_*` say what it did there."""
         self.messages += 1
         message = self.messages
-        self.publish_time_ms = max(self.publish_time_ms, publish_time_ms)
-        prices_moved = False
+        if publish_time_ms > self.publish_time_ms:
+            self.publish_time_ms = publish_time_ms
         if change.get("img"):
             for runner in self.runners.values():
                 runner.clear_prices()
             self.total_matched = 0.0
-            prices_moved = True
         definition = change.get("marketDefinition")
         definition_changed = isinstance(definition, dict)
         if definition_changed:
             self._apply_definition(definition)
-            prices_moved = True
         touched: list[RunnerBook] = []
         invalid = 0
         runner_changes = change.get("rc")
@@ -83,10 +81,7 @@ class MarketBook:
                         key = runner.key
                     else:
                         key = (selection_id, float(rc.get("hc", 0.0)))
-                        runner = self.runners.get(key)
-                        if runner is None:
-                            runner = self._add_runner(key)
-                            prices_moved = True  # one more active runner
+                        runner = self.runners.get(key) or self._add_runner(key)
                 except (KeyError, TypeError, ValueError):
                     invalid += 1
                     continue
@@ -97,14 +92,11 @@ class MarketBook:
                     runner.moved_back_added = runner.moved_back_removed = 0.0
                     runner.moved_lay_added = runner.moved_lay_removed = 0.0
                     touched.append(runner)
-                best_back, best_lay = runner.best_back, runner.best_lay
                 invalid += runner.apply(rc, deltas)
-                if runner.best_back != best_back or runner.best_lay != best_lay:
-                    prices_moved = True
         total = change.get("tv")
         if isinstance(total, (float, int)) and total >= 0:
             self.total_matched = total
-        return touched, invalid, definition_changed, prices_moved
+        return touched, invalid, definition_changed
 
     def _add_runner(self, key: RunnerKey) -> RunnerBook:
         runner = self.runners[key] = RunnerBook(*key)

@@ -95,7 +95,6 @@ class MarketProcessor:
         self._last_runner_values: dict[RunnerBook, tuple] = {}
         self._last_market_values: tuple | None = None
         self._overrounds = self.book.overrounds()
-        """The market's book percentages, recomputed only when a best price or status moved."""
 
     def process(self, changes: list[MarketChange], out: SinkBatch | None = None) -> SinkBatch:
         out = out if out is not None else SinkBatch()
@@ -124,9 +123,12 @@ class MarketProcessor:
         windows.advance(publish_ms, out.windows, out.live_windows)
 
         book = self.book
-        touched, invalid, definition_changed, prices_moved = book.apply(
+        touched, invalid, definition_changed = book.apply(
             change, publish_ms, out.deltas if self.keep_deltas else None
         )
+        # Book percentages change only with a best price or a status: recompute them when a
+        # runner's tick shows a new best (or a new runner), or after a definition or image.
+        prices_moved = definition_changed or change.get("img")
         if invalid:
             out.dead_letters.append(self._dead(item, "invalid_ladder_entry"))
         publish_time = ms_to_datetime(item.publish_time_ms)
@@ -141,7 +143,10 @@ class MarketProcessor:
             runner_ticks = out.runner_ticks
             for runner in touched:
                 values = runner.tick_values(in_play)
-                if last_values.get(runner) != values:
+                last = last_values.get(runner)
+                if last != values:
+                    if last is None or last[2] != values[2] or last[4] != values[4]:
+                        prices_moved = True
                     last_values[runner] = values
                     selection_id, handicap = runner.tick_key
                     runner_ticks.append(

@@ -74,7 +74,8 @@ class RunnerBook:
         "spl",
         "spn",
         "spread",
-        "spread_prices",
+        "spread_back",
+        "spread_lay",
         "status",
         "tick_key",
         "total_matched",
@@ -103,9 +104,11 @@ class RunnerBook:
         self.moved_traded = 0.0
         self.moved_back_added = self.moved_back_removed = 0.0
         self.moved_lay_added = self.moved_lay_removed = 0.0
-        self.spread_prices: tuple[float | None, float | None] = (None, None)
+        self.spread_back: float | None = None
+        self.spread_lay: float | None = None
         self.spread: int | None = None
-        """Spread in ticks, cached for `spread_prices` (the ladder lookup is not free)."""
+        """Spread in ticks between `spread_back` and `spread_lay`, cached: the ladder lookup
+        is not free and the best prices change less often than the runner is touched."""
         self.clear_prices()
 
     def clear_prices(self) -> None:
@@ -269,7 +272,14 @@ class RunnerBook:
             except (TypeError, ValueError):
                 invalid += 1
                 continue
-            if not (_valid_number(price) and _valid_number(size)):
+            price_kind = type(price)
+            size_kind = type(size)
+            if not (
+                (price_kind is float or price_kind is int)
+                and (size_kind is float or size_kind is int)
+                and price >= 0
+                and size >= 0
+            ):
                 invalid += 1
                 continue
             old = trd.get(price, 0.0)
@@ -303,8 +313,9 @@ class RunnerBook:
             lay_size = self.atl.get(lay)
         else:
             lay_size = self.batl[0][1]
-        if self.spread_prices != (back, lay):
-            self.spread_prices = (back, lay)
+        if back != self.spread_back or lay != self.spread_lay:
+            self.spread_back = back
+            self.spread_lay = lay
             self.spread = None if back is None or lay is None else ticks_between(back, lay)
         if self.wom_stale:
             self.wom_stale = False

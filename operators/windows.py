@@ -46,13 +46,14 @@ class MarketWindows:
         self.market_id = market_id
         self.window_seconds = tuple(sorted(set(window_seconds)))
         self.persisted_seconds = frozenset(persisted_seconds)
-        self._start_ms: list[int | None] = [None for _ in self.window_seconds]
+        self._end_ms: list[float] = [-inf for _ in self.window_seconds]
+        """Per length: end of the open window (-inf before the first message)."""
         self._windows: list[tuple[int, dict[RunnerBook | None, list]]] = [
             (seconds, {}) for seconds in self.window_seconds
         ]
         """Per length: open accumulators by runner (None: the market), in first-seen order."""
         self._next_end_ms: float = -inf
-        """Earliest end of an open window (-inf until every length has one open)."""
+        """The earliest of `_end_ms`: messages before it close nothing."""
 
     def advance(
         self, publish_time_ms: int, persisted: list[WindowAggregate], live: list[WindowAggregate]
@@ -63,15 +64,16 @@ class MarketWindows:
         """
         if publish_time_ms < self._next_end_ms:
             return
+        ends = self._end_ms
         next_end = inf
-        for index, seconds in enumerate(self.window_seconds):
-            length = seconds * 1000
-            start = self._start_ms[index]
-            if start is None or publish_time_ms >= start + length:
-                if start is not None:
-                    self._close(index, start, persisted, live)
-                start = self._start_ms[index] = publish_time_ms - publish_time_ms % length
-            next_end = min(next_end, start + length)
+        for index, end in enumerate(ends):
+            if publish_time_ms >= end:
+                length = self._windows[index][0] * 1000
+                if end != -inf:
+                    self._close(index, end - length, persisted, live)
+                end = ends[index] = publish_time_ms - publish_time_ms % length + length
+            if end < next_end:
+                next_end = end
         self._next_end_ms = next_end
 
     def observe(self, runners: list[RunnerBook]) -> None:
@@ -164,10 +166,10 @@ class MarketWindows:
 
     def flush(self, persisted: list[WindowAggregate], live: list[WindowAggregate]) -> None:
         """Close all open windows (end of stream)."""
-        for index, start in enumerate(self._start_ms):
-            if start is not None:
-                self._close(index, start, persisted, live)
-            self._start_ms[index] = None
+        for index, end in enumerate(self._end_ms):
+            if end != -inf:
+                self._close(index, end - self._windows[index][0] * 1000, persisted, live)
+            self._end_ms[index] = -inf
         self._next_end_ms = -inf
 
     def _close(
@@ -183,15 +185,19 @@ class MarketWindows:
         out = persisted if seconds in self.persisted_seconds else live
         window_start = datetime.fromtimestamp(start_ms / 1000, UTC)
         window_end = datetime.fromtimestamp((start_ms + seconds * 1000) / 1000, UTC)
+        ticks = _TICKS
+        append = out.append
         for acc in accumulators.values():
             acc[4] = window_start
             acc[5] = window_end
             open_price = acc[7]
             if open_price is not None:
                 close = acc[10]
-                if open_price in _TICKS and close in _TICKS:
-                    acc[11] = _TICKS[close] - _TICKS[open_price]
-                else:
+                open_tick = ticks.get(open_price)
+                close_tick = ticks.get(close)
+                if open_tick is None or close_tick is None:
                     acc[11] = ticks_between(open_price, close)
-            out.append(_new_record(WindowAggregate, acc))
+                else:
+                    acc[11] = close_tick - open_tick
+            append(_new_record(WindowAggregate, acc))
         self._windows[index] = (seconds, {})
