@@ -35,8 +35,11 @@ DEFAULT_VALIDATION_DAYS = 730
 
 
 def feature_code_hash() -> str:
-    """Hash of the feature definitions: a changed feature invalidates a trained model."""
-    return sha256_of_files(list(FEATURES_PACKAGE.rglob("*.py")), FEATURES_PACKAGE)
+    """Hash of the feature definitions and the HKJC loader they read through: a change in
+    either can change feature values, which invalidates a trained model."""
+    repository = FEATURES_PACKAGE.parent.parent
+    files = [*FEATURES_PACKAGE.rglob("*.py"), repository / "connectors" / "hkjc.py"]
+    return sha256_of_files([f for f in files if f.is_file()], repository)
 
 
 def model_code_hash() -> str:

@@ -61,10 +61,6 @@ class RaceBlocks:
     def max(self, values: FloatArray) -> FloatArray:
         return np.maximum.reduceat(values, self.starts)
 
-    def broadcast(self, per_race: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-        """Repeat one value per race onto each of the race's runners."""
-        return per_race[self.index]
-
     def log_softmax(self, utilities: FloatArray) -> FloatArray:
         """log p_i = u_i - logsumexp(u over i's race), shifted by the race maximum for stability."""
         shifted = utilities - self.max(utilities)[self.index]
