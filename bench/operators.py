@@ -3,13 +3,17 @@
 Lines are read and decompressed before timing, so the numbers are the operators' hot path
 alone (no file I/O, no Bytewax, no database). Routing batches have the file source's
 default size, and each market keeps one processor across batches, as in the flow.
+`--batch-lines` and `--gc-threshold` show what the flow's batch size and the interpreter's
+garbage-collector settings cost (both are process settings, outside the operators).
 
-    python -m bench.operators [--repeat N] [--deltas] [FILES...]
+    python -m bench.operators [--repeat N] [--deltas] [--batch-lines N] [--gc-threshold N]
+                              [FILES...]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from pathlib import Path
 
@@ -46,12 +50,14 @@ def run_orjson(lines: list[tuple[str, int, bytes]]) -> None:
         loads(raw)
 
 
-def run_operators(lines: list[tuple[str, int, bytes]], keep_deltas: bool) -> int:
+def run_operators(
+    lines: list[tuple[str, int, bytes]], keep_deltas: bool, batch_lines: int = BATCH_LINES
+) -> int:
     """Process all lines; each batch's rows are dropped after it, as the sink would."""
     processors: dict[str, MarketProcessor] = {}
     rows = 0
-    for start in range(0, len(lines), BATCH_LINES):
-        routed = route_lines(lines[start : start + BATCH_LINES])
+    for start in range(0, len(lines), batch_lines):
+        routed = route_lines(lines[start : start + batch_lines])
         out = SinkBatch()
         for market_id, changes in routed.by_market.items():
             processor = processors.get(market_id)
@@ -82,7 +88,13 @@ def main() -> int:
     parser.add_argument("files", nargs="*", type=Path)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--deltas", action="store_true", help="keep ladder deltas too")
+    parser.add_argument("--batch-lines", type=int, default=BATCH_LINES)
+    parser.add_argument(
+        "--gc-threshold", type=int, help="first-generation threshold of the collector"
+    )
     args = parser.parse_args()
+    if args.gc_threshold:
+        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
     paths = args.files or [SHARED_BETFAIR / name for name in DEFAULT_FILES]
 
     print(f"{'file':<22}{'lines':>8}{'orjson/s':>12}{'operators/s':>13}{'ratio':>8}")
@@ -91,7 +103,7 @@ def main() -> int:
         lines = load(path)
         orjson_s = best_seconds(lambda lines=lines: run_orjson(lines), args.repeat)
         operators_s = best_seconds(
-            lambda lines=lines: run_operators(lines, args.deltas), args.repeat
+            lambda lines=lines: run_operators(lines, args.deltas, args.batch_lines), args.repeat
         )
         total_lines += len(lines)
         total_orjson += orjson_s

@@ -78,13 +78,16 @@ class RunnerBook:
         "spread_lay",
         "status",
         "tick_key",
+        "top_back_size",
+        "top_back_stale",
+        "top_lay_size",
+        "top_lay_stale",
         "total_matched",
         "touched_in",
         "trd",
         "trd_notional",
         "trd_volume",
         "wom",
-        "wom_stale",
     )
 
     def __init__(self, selection_id: int, handicap: float) -> None:
@@ -134,9 +137,11 @@ class RunnerBook:
         self.spf: float | None = None
         self.best_back: float | None = None
         self.best_lay: float | None = None
+        self.top_back_size = self.top_lay_size = 0.0
+        """Size on the best three levels of `atb`/`atl`, as added for the weight of money."""
+        self.top_back_stale = self.top_lay_stale = False
+        """The ladder changed since its `top_*_size` was added up."""
         self.wom: float | None = None
-        self.wom_stale = False
-        """The full ladders changed since `wom` was computed."""
 
     # -- applying a runner change (`rc` element) -------------------------------------------
 
@@ -157,7 +162,7 @@ class RunnerBook:
                 invalid += bad
                 self.moved_back_added += added
                 self.moved_back_removed += removed
-                back_levels = self.wom_stale = True
+                back_levels = self.top_back_stale = True
             elif key == "atl":
                 bad, added, removed = self._apply_full(
                     self.atl, self.lay_prices, value, "lay", deltas
@@ -165,7 +170,7 @@ class RunnerBook:
                 invalid += bad
                 self.moved_lay_added += added
                 self.moved_lay_removed += removed
-                lay_levels = self.wom_stale = True
+                lay_levels = self.top_lay_stale = True
             elif key == "trd":
                 invalid += self._apply_traded(value)
             elif key == "ltp":
@@ -317,8 +322,7 @@ class RunnerBook:
             self.spread_back = back
             self.spread_lay = lay
             self.spread = None if back is None or lay is None else ticks_between(back, lay)
-        if self.wom_stale:
-            self.wom_stale = False
+        if self.top_back_stale or self.top_lay_stale:
             self.wom = self._weight_of_money()
         if back is not None and lay is not None:
             implied = 0.5 * (1.0 / back + 1.0 / lay)
@@ -349,25 +353,31 @@ class RunnerBook:
     def _weight_of_money(self) -> float | None:
         """Share of the best three levels' size that is on the back side (0..1).
 
-        Sizes add best level first, one by one, exactly as `sum` did on Python 3.11.
+        Sizes add best level first, one by one, as `sum` did on Python 3.11; a side's total
+        is re-added only when its ladder changed.
         """
-        atb, prices = self.atb, self.back_prices
-        back = 0.0
-        if prices:
-            back = atb[prices[-1]]
-            if len(prices) > 1:
-                back += atb[prices[-2]]
-                if len(prices) > 2:
-                    back += atb[prices[-3]]
-        atl, prices = self.atl, self.lay_prices
-        lay = 0.0
-        if prices:
-            lay = atl[prices[0]]
-            if len(prices) > 1:
-                lay += atl[prices[1]]
-                if len(prices) > 2:
-                    lay += atl[prices[2]]
-        total = back + lay
+        if self.top_back_stale:
+            self.top_back_stale = False
+            atb, prices = self.atb, self.back_prices
+            depth = len(prices)
+            if depth > 2:
+                self.top_back_size = atb[prices[-1]] + atb[prices[-2]] + atb[prices[-3]]
+            elif depth == 2:
+                self.top_back_size = atb[prices[-1]] + atb[prices[-2]]
+            else:
+                self.top_back_size = atb[prices[-1]] if depth else 0.0
+        if self.top_lay_stale:
+            self.top_lay_stale = False
+            atl, prices = self.atl, self.lay_prices
+            depth = len(prices)
+            if depth > 2:
+                self.top_lay_size = atl[prices[0]] + atl[prices[1]] + atl[prices[2]]
+            elif depth == 2:
+                self.top_lay_size = atl[prices[0]] + atl[prices[1]]
+            else:
+                self.top_lay_size = atl[prices[0]] if depth else 0.0
+        back = self.top_back_size
+        total = back + self.top_lay_size
         return back / total if total > 0 else None
 
     def snapshot(self, market_id: str) -> dict:
