@@ -136,34 +136,33 @@ class MarketProcessor:
         if definition_changed:
             self._emit_definition(publish_time, out)
 
-        if touched:
-            market_id = self.market_id
-            in_play = book.in_play
-            last_values = self._last_runner_values
-            runner_ticks = out.runner_ticks
-            for runner in touched:
-                values = runner.tick_values(in_play)
-                last = last_values.get(runner)
-                if last != values:
-                    if last is None or last[2] != values[2] or last[4] != values[4]:
-                        prices_moved = True
-                    last_values[runner] = values
-                    selection_id, handicap = runner.tick_key
-                    runner_ticks.append(
-                        _new_record(
-                            RunnerTick,
-                            (
-                                market_id,
-                                selection_id,
-                                handicap,
-                                publish_time,
-                                seq,
-                                *values,
-                                seconds_to_off,
-                            ),
-                        )
+        market_id = self.market_id
+        in_play = book.in_play
+        last_values = self._last_runner_values
+        runner_ticks = out.runner_ticks
+        for runner in touched:
+            values = runner.tick_values(in_play)
+            last = last_values.get(runner)
+            if last != values:
+                if last is None or last[2] != values[2] or last[4] != values[4]:
+                    prices_moved = True  # a new runner, or its best back (2) / lay (4) moved
+                last_values[runner] = values
+                selection_id, handicap = runner.tick_key
+                runner_ticks.append(
+                    _new_record(
+                        RunnerTick,
+                        (
+                            market_id,
+                            selection_id,
+                            handicap,
+                            publish_time,
+                            seq,
+                            *values,
+                            seconds_to_off,
+                        ),
                     )
-            windows.observe(touched)
+                )
+        windows.observe(touched)
         if prices_moved:
             self._overrounds = book.overrounds()
         market_values = (book.status, book.in_play, book.total_matched, *self._overrounds)

@@ -85,9 +85,10 @@ class MarketWindows:
         its field order, whose window bounds and price move `_close` fills in. Sums add in
         observation order, so they round the same way on every replay.
         """
+        if not runners:
+            return
         market_id = self.market_id
         windows = self._windows
-        first = True
         for runner in runners:
             ltp = runner.ltp
             price = ltp if ltp is not None else runner.best_back
@@ -97,20 +98,6 @@ class MarketWindows:
             lay_added = runner.moved_lay_added
             lay_removed = runner.moved_lay_removed
             wom = runner.wom
-            if first:
-                first = False
-                market_traded, market_back_added, market_back_removed = (
-                    traded,
-                    back_added,
-                    back_removed,
-                )
-                market_lay_added, market_lay_removed = lay_added, lay_removed
-            else:
-                market_traded += traded
-                market_back_added += back_added
-                market_back_removed += back_removed
-                market_lay_added += lay_added
-                market_lay_removed += lay_removed
             for seconds, accumulators in windows:
                 acc = accumulators.get(runner)
                 if acc is None:
@@ -131,6 +118,7 @@ class MarketWindows:
                         if price < acc[9]:
                             acc[9] = price
                     acc[10] = price
+                # Moves are >= 0 and sums never -0.0, so adding a zero would change nothing.
                 if traded:
                     acc[12] += traded
                 if back_added:
@@ -145,24 +133,34 @@ class MarketWindows:
                     if acc[17] is None:
                         acc[17] = wom
                     acc[18] = wom
-        if first:
-            return
+
+        first, *others = runners
+        traded = first.moved_traded
+        back_added = first.moved_back_added
+        back_removed = first.moved_back_removed
+        lay_added = first.moved_lay_added
+        lay_removed = first.moved_lay_removed
+        for runner in others:
+            traded += runner.moved_traded
+            back_added += runner.moved_back_added
+            back_removed += runner.moved_back_removed
+            lay_added += runner.moved_lay_added
+            lay_removed += runner.moved_lay_removed
         for seconds, accumulators in windows:
             acc = accumulators.get(None)
             if acc is None:
                 accumulators[None] = [
                     market_id, MARKET_SELECTION_ID, 0.0, seconds, None, None,
                     1, None, None, None, None, None,
-                    market_traded, market_back_added, market_back_removed,
-                    market_lay_added, market_lay_removed, None, None,
+                    traded, back_added, back_removed, lay_added, lay_removed, None, None,
                 ]  # fmt: skip
                 continue
             acc[6] += 1
-            acc[12] += market_traded
-            acc[13] += market_back_added
-            acc[14] += market_back_removed
-            acc[15] += market_lay_added
-            acc[16] += market_lay_removed
+            acc[12] += traded
+            acc[13] += back_added
+            acc[14] += back_removed
+            acc[15] += lay_added
+            acc[16] += lay_removed
 
     def flush(self, persisted: list[WindowAggregate], live: list[WindowAggregate]) -> None:
         """Close all open windows (end of stream)."""
