@@ -71,6 +71,7 @@ def run_betfairlightweight(paths: list[Path]) -> None:
 
 def run_flumine(paths: list[Path]) -> None:
     from flumine import BaseStrategy, FlumineSimulation, clients
+    from flumine.streams.betfairhistoricalstream import BetfairHistoricalStream
 
     class NoOp(BaseStrategy):
         def check_market_book(self, market, market_book) -> bool:
@@ -81,11 +82,10 @@ def run_flumine(paths: list[Path]) -> None:
 
     logging.getLogger("flumine").setLevel(logging.CRITICAL)
     framework = FlumineSimulation(client=clients.SimulatedClient())
-    framework.add_strategy(
-        NoOp(
-            market_filter={"markets": [str(p) for p in paths], "listener_kwargs": {"inplay": None}}
-        )
-    )
+    streams = [
+        BetfairHistoricalStream(str(path), listener_kwargs={"inplay": None}) for path in paths
+    ]
+    framework.add_strategy(NoOp(streams=streams))
     framework.run()
 
 
