@@ -154,6 +154,8 @@ class RunSummary:
         self.rows["market_ticks"] += len(batch.market_ticks)
         self.rows["windows"] += len(batch.windows)
         self.rows["results"] += len(batch.results)
+        if batch.predictions:
+            self.rows["predictions"] += len(batch.predictions)
         for dead in batch.dead_letters:
             self.dead_letters[dead.reason] += 1
         self.seconds = time.perf_counter() - self.started

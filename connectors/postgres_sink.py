@@ -46,6 +46,7 @@ from operators.records import (
     DeadLetter,
     MarketRow,
     MarketTick,
+    Prediction,
     ResultRow,
     RunnerRow,
     RunnerTick,
@@ -183,6 +184,12 @@ TABLES: tuple[TableSpec, ...] = (
         key=("market_id", "selection_id", "handicap"),
         upsert_order=(),
     ),
+    TableSpec(
+        "predictions",
+        "predictions",
+        Prediction,
+        key=("market_id", "selection_id", "model_version", "publish_time"),
+    ),
     TableSpec("dead_letters", "dead_letters", DeadLetter, key=("source", "position", "reason")),
 )
 TABLE_NAMES = tuple(spec.table for spec in TABLES)
@@ -198,6 +205,7 @@ class RecordBatch(Protocol):
     market_ticks: Sequence[MarketTick]
     windows: Sequence[WindowAggregate]
     results: Sequence[ResultRow]
+    predictions: Sequence[Prediction]
     dead_letters: Sequence[DeadLetter]
 
 
@@ -211,6 +219,7 @@ class TableBatch:
     market_ticks: list[MarketTick] = field(default_factory=list)
     windows: list[WindowAggregate] = field(default_factory=list)
     results: list[ResultRow] = field(default_factory=list)
+    predictions: list[Prediction] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
     @classmethod

@@ -18,6 +18,7 @@ from operators.records import (
     DeadLetter,
     MarketRow,
     MarketTick,
+    Prediction,
     ResultRow,
     RunnerRow,
     RunnerTick,
@@ -52,6 +53,8 @@ class SinkBatch:
     """Closed windows of lengths that are not persisted (for in-flow detectors only)."""
     results: list[ResultRow] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    predictions: list[Prediction] = field(default_factory=list)
+    """Model win probabilities from the race-scoring step (empty without a model)."""
     deltas: list[LadderDelta] = field(default_factory=list)
     snapshots: list[dict] = field(default_factory=list)
     """End-of-stream runner books (`velo replay --snapshot-out`)."""
@@ -67,6 +70,7 @@ class SinkBatch:
         self.live_windows.extend(other.live_windows)
         self.results.extend(other.results)
         self.dead_letters.extend(other.dead_letters)
+        self.predictions.extend(other.predictions)
         self.deltas.extend(other.deltas)
         self.snapshots.extend(other.snapshots)
         self.lines += other.lines

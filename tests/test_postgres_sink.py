@@ -25,6 +25,7 @@ from operators.records import (
     DeadLetter,
     MarketRow,
     MarketTick,
+    Prediction,
     ResultRow,
     RunnerRow,
     RunnerTick,
@@ -117,6 +118,10 @@ def full_batch() -> TableBatch:
             ResultRow("1.2001", 101, 0.0, "WINNER", 3.2, settled),
             ResultRow("1.2001", 102, 0.0, "LOSER", 5.5, settled),
         ],
+        predictions=[
+            Prediction("1.2001", 101, T0, "v1", 0.4, 0.5, 0.45),
+            Prediction("1.2001", 102, T0, "v1", 0.6, 0.5, 0.55),
+        ],
         dead_letters=[DeadLetter("file-a.bz2", 17, "not_json", "{oops", T0)],
     )
 
@@ -128,6 +133,7 @@ EXPECTED_COUNTS = {
     "market_ticks": 16,
     "window_aggregates": 3,
     "results": 2,
+    "predictions": 2,
     "dead_letters": 1,
 }
 
