@@ -459,8 +459,10 @@ class PostgresWriter:
     ) -> None:
         """Create the monthly partitions this batch needs that this writer has not seen.
 
-        Runs in its own short transaction before the batch: attaching a partition locks the
-        DEFAULT partition exclusively, which must not last as long as a batch write.
+        Each in its own short transaction, before the batch: attaching a partition locks the
+        DEFAULT partition exclusively, which must not last as long as a batch write. One
+        partition per transaction, because holding one table's DEFAULT partition while
+        waiting for another's deadlocks with a reader of several tables (`count_rows`).
         """
         if self._flavour != PLAIN:
             return
@@ -469,16 +471,13 @@ class PostgresWriter:
             if spec.partition_column is not None:
                 index = spec.columns.index(spec.partition_column)
                 wanted |= {(spec.table, y, m) for y, m in _months(rows, index)}
-        missing = sorted(wanted - self._known_partitions)
-        if not missing:
-            return
-        with conn.transaction():
-            conn.execute(
-                "SELECT velo_ensure_month_partition(t, make_date(y, m, 1))"
-                " FROM unnest(%s::text[], %s::int[], %s::int[]) AS p(t, y, m)",
-                ([t for t, _, _ in missing], [y for _, y, _ in missing], [m for *_, m in missing]),
-            )
-        self._known_partitions.update(missing)
+        for table, year, month in sorted(wanted - self._known_partitions):
+            with conn.transaction():
+                conn.execute(
+                    "SELECT velo_ensure_month_partition(%s, make_date(%s, %s, 1))",
+                    (table, year, month),
+                )
+            self._known_partitions.add((table, year, month))
 
     # -- connection -------------------------------------------------------------------
 

@@ -348,6 +348,47 @@ def test_concurrent_writers_create_a_new_month_once(any_database: str) -> None:
     assert _partitions(any_database, "runner_ticks")["runner_ticks_2024_03"] == 200
 
 
+def test_new_months_do_not_deadlock_with_a_reader_of_several_tables(
+    writer: PostgresWriter,
+) -> None:
+    """A reader holding runner_ticks (count_rows reads every table in one statement) while
+    the writer adds May to market_ticks and runner_ticks: each partition is created in its own
+    transaction, so the writer never holds market_ticks' DEFAULT while waiting for runner_ticks'.
+    """
+    writer.write(full_batch())
+    may = datetime(2024, 5, 2, tzinfo=UTC)
+    batch = TableBatch(
+        runner_ticks=[tick(0)._replace(publish_time=may)],
+        market_ticks=[market_tick(0)._replace(publish_time=may)],
+    )
+    reader = psycopg.connect(writer.url)
+    reader.execute("SET deadlock_timeout = '10ms'")  # the reader would be the victim
+    reader.execute("SELECT count(*) FROM runner_ticks").fetchone()
+    outcome: dict[str, object] = {}
+    thread = threading.Thread(target=lambda: outcome.update(counts=writer.write(batch)))
+    thread.start()
+    _wait_for_lock_wait(writer.url, "velo-sink")
+    assert reader.execute("SELECT count(*) FROM market_ticks").fetchone() == (16,)
+    reader.commit()
+    thread.join(timeout=30)
+    reader.close()
+    assert outcome["counts"] == {"runner_ticks": 1, "market_ticks": 1}
+    assert writer.reconnects == 0
+    assert _partitions(writer.url, "market_ticks")["market_ticks_2024_05"] == 1
+
+
+def _wait_for_lock_wait(url: str, application_name: str) -> None:
+    with psycopg.connect(url, autocommit=True) as observer:
+        deadline = time.monotonic() + 20
+        while not observer.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            " AND wait_event_type = 'Lock'",
+            (application_name,),
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline, "the writer never reached the lock"
+            time.sleep(0.02)
+
+
 def test_refresh_gives_one_minute_ohlc(writer: PostgresWriter) -> None:
     # 23:58: no trade yet, then 3.0 -> 3.4 -> 2.8 -> 3.1; 23:59: 3.2 then no price.
     prices = {0: None, 10: 3.0, 20: 3.4, 30: 2.8, 50: 3.1, 60: 3.2, 70: None}
