@@ -462,7 +462,10 @@ class PostgresWriter:
         Each in its own short transaction, before the batch: attaching a partition locks the
         DEFAULT partition exclusively, which must not last as long as a batch write. One
         partition per transaction, because holding one table's DEFAULT partition while
-        waiting for another's deadlocks with a reader of several tables (`count_rows`).
+        waiting for another's deadlocks with a reader of several tables (`count_rows`). And
+        one creation per table at a time (an advisory lock on the parent): two writers adding
+        different months would each hold the DEFAULT partition (moving its rows) while waiting
+        for the other's ATTACH, a deadlock.
         """
         if self._flavour != PLAIN:
             return
@@ -473,6 +476,10 @@ class PostgresWriter:
                 wanted |= {(spec.table, y, m) for y, m in _months(rows, index)}
         for table, year, month in sorted(wanted - self._known_partitions):
             with conn.transaction():
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('velo_partitions_of:' || %s))",
+                    (table,),
+                )
                 conn.execute(
                     "SELECT velo_ensure_month_partition(%s, make_date(%s, %s, 1))",
                     (table, year, month),
@@ -590,8 +597,9 @@ def _months(rows: Sequence, index: int) -> set[tuple[int, int]]:
     try:
         low, high = min(map(getter, rows)), max(map(getter, rows))
         low, high = _utc(low), _utc(high)
-        if (low.year, low.month) == (high.year, high.month):
-            return {(low.year, low.month)}
+        if high.year * 12 + high.month - (low.year * 12 + low.month) <= 1:
+            # The first and the last month have rows, and there is nothing in between.
+            return {(low.year, low.month), (high.year, high.month)}
         return {(t.year, t.month) for t in map(_utc, map(getter, rows))}
     except (TypeError, ValueError, AttributeError, IndexError):
         # Bad rows (no or non-datetime time) are rejected later; partition for the rest.

@@ -348,6 +348,37 @@ def test_concurrent_writers_create_a_new_month_once(any_database: str) -> None:
     assert _partitions(any_database, "runner_ticks")["runner_ticks_2024_03"] == 200
 
 
+def test_concurrent_writers_adding_different_months_do_not_deadlock(any_database: str) -> None:
+    """Moving rows out of DEFAULT then ATTACHing: two writers doing that for different months
+    of one table at once would deadlock (and retry); they take turns instead."""
+    start = threading.Barrier(4)
+    writers = [PostgresWriter(any_database) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def write(index: int, sink: PostgresWriter) -> None:
+        try:
+            sink.write(TableBatch(dead_letters=[DeadLetter("warm-up", index, "x", "x", T0)]))
+            months = [datetime(2025, month, 3, tzinfo=UTC) for month in range(index + 1, 13, 4)]
+            ticks = [tick(0)._replace(publish_time=m, seq=m.month) for m in months]
+            windows = [window(0)._replace(window_start=m) for m in months]
+            start.wait()
+            sink.write(TableBatch(runner_ticks=ticks, windows=windows))
+        except BaseException as error:  # asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=write, args=item) for item in enumerate(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for sink in writers:
+        sink.close()
+    assert errors == []
+    assert [sink.reconnects for sink in writers] == [0, 0, 0, 0]
+    months = _partitions(any_database, "window_aggregates")
+    assert [months[f"window_aggregates_2025_{m:02d}"] for m in range(1, 13)] == [1] * 12
+
+
 def test_new_months_do_not_deadlock_with_a_reader_of_several_tables(
     writer: PostgresWriter,
 ) -> None:
