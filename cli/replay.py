@@ -1,4 +1,8 @@
-"""`velo replay PATH...`: recorded Betfair stream files through the dataflow into the database."""
+"""`velo replay PATH...`: recorded Betfair stream files through the dataflow into the database.
+
+With `--racecards FILE.jsonl` (racecard events, one per line) the model scores each race
+before the off and the predictions are stored too.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from bytewax.run import cli_main
@@ -14,12 +19,16 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.options import add_database_option, env_default
+from cli.scoring import TRAIN_HINT, ScorerUnavailableError, add_model_options, load_scorer
 from connectors.bytewax_io import RunSummary, StreamFileSource
 from connectors.database import resolve_database_url
 from connectors.postgres_sink import PostgresWriter
 from connectors.stream_files import expand_paths
 from flows.market import build_market_flow
 from sql.migrate import upgrade
+
+if TYPE_CHECKING:
+    from models.live_scoring import LiveRaceScorer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--summary-json", type=Path, help="also write the run summary as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--racecards",
+        type=Path,
+        metavar="FILE.jsonl",
+        help="racecard events (one JSON per line): score each race before the off",
+    )
+    add_model_options(parser, disable_flag=False)
     parser.set_defaults(func=run)
 
 
@@ -53,8 +69,13 @@ def replay(
     snapshot_out: Path | None = None,
     progress: bool = False,
     console: Console | None = None,
+    racecards: Path | None = None,
+    scorer: LiveRaceScorer | None = None,
+    score_every_seconds: float = 10.0,
 ) -> RunSummary:
-    """Run the market dataflow over files into `database_url`; return what it processed."""
+    """Run the market dataflow over files into `database_url`; return what it processed.
+
+    With `racecards` and `scorer` (both or neither), races are scored too."""
     upgrade(database_url)
     summary = RunSummary()
 
@@ -65,6 +86,9 @@ def replay(
             summary=summary,
             snapshot_path=snapshot_out,
             on_progress=on_progress,
+            racecards=StreamFileSource([racecards]) if racecards is not None else None,
+            scorer_factory=(lambda: scorer) if scorer is not None else None,
+            score_every_seconds=score_every_seconds,
         )
         cli_main(flow, workers_per_process=max(1, workers))
 
@@ -123,6 +147,25 @@ def run(args: argparse.Namespace) -> int:
     if not paths:
         console.print("[red]velo replay: no stream files found[/red]")
         return 2
+    scorer = None
+    if args.model is not None and args.racecards is None:
+        console.print("[red]velo replay: --model scores races from --racecards FILE.jsonl[/red]")
+        return 2
+    if args.racecards is not None:
+        if not args.racecards.is_file():
+            console.print(f"[red]velo replay: no racecards file {args.racecards}[/red]")
+            return 2
+        try:
+            scorer = load_scorer(args.model, console)
+        except ScorerUnavailableError as error:
+            console.print(f"[red]velo replay: {error}[/red]")
+            return 2
+        if scorer is None:
+            console.print(
+                "[red]velo replay: --racecards needs a model and none is promoted: "
+                f"pass --model, or train one: {TRAIN_HINT}[/red]"
+            )
+            return 2
     database_url = resolve_database_url(args.db)
     summary = replay(
         paths,
@@ -131,6 +174,9 @@ def run(args: argparse.Namespace) -> int:
         snapshot_out=args.snapshot_out,
         progress=not args.no_progress and sys.stderr.isatty(),
         console=console,
+        racecards=args.racecards,
+        scorer=scorer,
+        score_every_seconds=args.score_every,
     )
     print_summary(summary, console)
     if args.summary_json:

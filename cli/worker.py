@@ -1,10 +1,16 @@
-"""`velo worker`: the market dataflow fed from Kafka, with crash recovery."""
+"""`velo worker`: the market dataflow fed from Kafka, with crash recovery.
+
+With a model (`--model`, else the promoted version; `--no-model` to disable), racecard events
+from VELO_TOPIC_RACECARDS join the markets and each race is scored before the off; predictions
+go to the database and to VELO_TOPIC_PREDICTIONS.
+"""
 
 from __future__ import annotations
 
 import argparse
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
@@ -12,13 +18,22 @@ from rich.console import Console
 
 from cli.options import add_database_option, env_default
 from cli.replay import print_summary
+from cli.scoring import ScorerUnavailableError, add_model_options, load_scorer
 from connectors.bytewax_io import RunSummary
 from connectors.database import resolve_database_url
-from connectors.kafka_io import DeadLetterTopicSink, KafkaLinesSource
+from connectors.kafka_io import (
+    DeadLetterTopicSink,
+    KafkaLinesSource,
+    PredictionTopicSink,
+    list_topic_partitions,
+)
 from connectors.postgres_sink import PostgresWriter
 from connectors.settings import get_settings
 from flows.market import build_market_flow
 from sql.migrate import upgrade
+
+if TYPE_CHECKING:
+    from models.live_scoring import LiveRaceScorer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,12 +82,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="drain, then exit after this many seconds without messages [env VELO_EXIT_WHEN_IDLE]",
     )
     parser.add_argument("--snapshot-out", type=Path, help="write end-of-run runner books (JSONL)")
+    add_model_options(parser, disable_flag=True)
     parser.set_defaults(func=run)
+
+
+def _scorer(args: argparse.Namespace, console: Console) -> LiveRaceScorer | None:
+    """The model to score with, or None. A model named with --model must work; the promoted
+    default is skipped, with a note, when there is none or no racecards topic to read."""
+    if args.no_model:
+        return None
+    settings = get_settings()
+    try:
+        list_topic_partitions(settings.kafka_bootstrap, settings.velo_topic_racecards)
+    except RuntimeError as error:
+        if args.model is not None:
+            raise ScorerUnavailableError(f"no racecards to score: {error}") from error
+        console.print(f"not scoring races: {error}")
+        return None
+    scorer = load_scorer(args.model, console)
+    if scorer is None:
+        console.print("not scoring races: no model is promoted (velo models list)")
+    return scorer
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     settings = get_settings()
+    try:
+        scorer = _scorer(args, console)
+    except ScorerUnavailableError as error:
+        console.print(f"[red]velo worker: {error}[/red]")
+        return 2
     database_url = resolve_database_url(args.db)
     upgrade(database_url)
     addresses = args.addresses.split(";") if args.addresses else None
@@ -96,6 +136,18 @@ def run(args: argparse.Namespace) -> int:
         dead_letter_sink=DeadLetterTopicSink(
             settings.kafka_bootstrap, settings.velo_topic_dead_letters
         ),
+        racecards=None
+        if scorer is None
+        else KafkaLinesSource(
+            settings.kafka_bootstrap,
+            settings.velo_topic_racecards,
+            exit_when_idle_seconds=args.exit_when_idle,
+        ),
+        scorer_factory=None if scorer is None else lambda: scorer,
+        prediction_sink=None
+        if scorer is None
+        else PredictionTopicSink(settings.kafka_bootstrap, settings.velo_topic_predictions),
+        score_every_seconds=args.score_every,
     )
     cli_main(
         flow,

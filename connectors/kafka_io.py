@@ -1,4 +1,4 @@
-"""Kafka edges of the market dataflow: raw stream lines in, dead letters out.
+"""Kafka edges of the market dataflow: raw stream lines in, dead letters and predictions out.
 
 `KafkaLinesSource` has one Bytewax partition per topic partition and emits the same
 `[(source, position, raw_line), ...]` batches as the file source, with `source` =
@@ -159,3 +159,37 @@ class DeadLetterTopicSink(DynamicSink[SinkBatch]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
         return _DeadLetterPartition(self._bootstrap, self._topic)
+
+
+class _PredictionPartition(StatelessSinkPartition[SinkBatch]):
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+        self._topic = topic
+
+    def write_batch(self, items: list[SinkBatch]) -> None:
+        for batch in items:
+            for prediction in batch.predictions:
+                key = prediction.market_id.encode()
+                value = orjson.dumps(prediction._asdict())
+                try:
+                    self._producer.produce(self._topic, key=key, value=value)
+                except BufferError:
+                    # Local queue full: let deliveries drain, then queue it again.
+                    self._producer.poll(1)
+                    self._producer.produce(self._topic, key=key, value=value)
+        self._producer.poll(0)
+
+    def close(self) -> None:
+        self._producer.flush(10)
+
+
+class PredictionTopicSink(DynamicSink[SinkBatch]):
+    """Publishes each batch's predictions as JSON (the `predictions` table's columns, times in
+    ISO 8601), keyed by market id so one market's predictions stay in order in a partition."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _PredictionPartition:
+        return _PredictionPartition(self._bootstrap, self._topic)

@@ -149,7 +149,17 @@ class FeatureState:
 
     @classmethod
     def from_hkjc(cls, data: HKJCData) -> FeatureState:
-        runs = build_runs(data.entries, data.form_runs)
+        return cls._folded(data.entries, data.form_runs)
+
+    @classmethod
+    def empty(cls) -> FeatureState:
+        """No history at all (no store materialised yet): every runner gets the neutral fills,
+        so live scoring still works. Built from empty frames, so every table has its schema."""
+        return cls._folded(pl.DataFrame(schema=_ENTRY_SCHEMA), pl.DataFrame())
+
+    @classmethod
+    def _folded(cls, entries: pl.DataFrame, form_runs: pl.DataFrame) -> FeatureState:
+        runs = build_runs(entries, form_runs)
         par = par_state(runs)
         runs = add_speed_figures(runs, par)
         return cls(runs=runs, par=par, states=build_states(runs))
