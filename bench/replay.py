@@ -91,7 +91,9 @@ def run_flumine(paths: list[Path]) -> None:
 
 def run_dataflow(paths: list[Path], database_url: str) -> None:
     from cli.replay import replay
+    from cli.runtime import tune_gc_for_streaming
 
+    tune_gc_for_streaming()  # as `velo replay` and `velo worker` run
     summary = replay(paths, database_url)
     if summary.messages == 0:
         raise RuntimeError("the dataflow processed nothing")

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from cli.options import add_database_option
 from cli.replay import print_summary, replay
+from cli.runtime import tune_gc_for_streaming
 from cli.scoring import TRAIN_HINT, ScorerUnavailableError, load_scorer
 from connectors.database import resolve_database_url
 from connectors.racecards_sample import racecard_event
@@ -80,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    tune_gc_for_streaming()
     console = Console(width=None if Console().is_terminal else 120)
     demo_dir = get_settings().velo_data_dir / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.options import add_database_option, env_default
+from cli.runtime import tune_gc_for_streaming
 from cli.scoring import TRAIN_HINT, ScorerUnavailableError, add_model_options, load_scorer
 from connectors.bytewax_io import RunSummary, StreamFileSource
 from connectors.database import resolve_database_url
@@ -138,6 +139,7 @@ def print_summary(summary: RunSummary, console: Console) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    tune_gc_for_streaming()
     console = Console(stderr=True)
     try:
         paths = expand_paths(args.paths)

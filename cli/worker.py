@@ -18,6 +18,7 @@ from rich.console import Console
 
 from cli.options import add_database_option, env_default
 from cli.replay import print_summary
+from cli.runtime import tune_gc_for_streaming
 from cli.scoring import ScorerUnavailableError, add_model_options, load_scorer
 from connectors.bytewax_io import RunSummary
 from connectors.database import resolve_database_url
@@ -106,6 +107,7 @@ def _scorer(args: argparse.Namespace, console: Console) -> LiveRaceScorer | None
 
 
 def run(args: argparse.Namespace) -> int:
+    tune_gc_for_streaming()
     console = Console(stderr=True)
     settings = get_settings()
     try:
