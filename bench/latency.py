@@ -38,6 +38,8 @@ from sql.migrate import upgrade
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_BETFAIR = PROJECT_ROOT.parent / "shared" / "data" / "betfair"
 FILES = ["1.127236622.bz2", "1-206064380.bz2", "1.185781277.bz2", "1.205822330.bz2"]
+WARM_UP_SECONDS = 3.0
+"""The steady-state p99 leaves out lines sent in the first seconds (connections, partitions)."""
 NOTIFY_TRIGGER = """
 create function bench_notify() returns trigger language plpgsql as $$
 begin perform pg_notify('velo_bench', new.market_id || ' ' || new.seq); return null; end $$;
@@ -106,24 +108,25 @@ def start_workers(processes: int, topic: str, database_url: str, idle_seconds: f
 
 
 class CommitListener(threading.Thread):
-    """Receives one NOTIFY per committed market tick and stamps its arrival time."""
+    """Receives one NOTIFY per committed market tick and stamps its arrival time.
 
-    def __init__(self, database_url: str, expected: int) -> None:
+    Market ticks are written only when the market's values change, so not every line has one:
+    latency is measured over the lines that do.
+    """
+
+    def __init__(self, database_url: str) -> None:
         super().__init__(daemon=True)
         self.conn = psycopg.connect(database_url, autocommit=True)
         self.conn.execute("listen velo_bench")
-        self.expected = expected
         self.arrivals: dict[tuple[str, int], float] = {}
-        self.done = threading.Event()
+        self.stop = threading.Event()
 
     def run(self) -> None:
-        deadline = time.monotonic() + 600
-        while len(self.arrivals) < self.expected and time.monotonic() < deadline:
-            select.select([self.conn.fileno()], [], [], 0.5)
+        while not self.stop.is_set():
+            select.select([self.conn.fileno()], [], [], 0.2)
             for notify in self.conn.notifies(timeout=0, stop_after=0):
                 market_id, seq = notify.payload.split()
                 self.arrivals.setdefault((market_id, int(seq)), time.perf_counter())
-        self.done.set()
 
 
 def run_case(lines: list[tuple[str, bytes]], processes: int, rate: float | None) -> dict:
@@ -143,7 +146,7 @@ def run_case(lines: list[tuple[str, bytes]], processes: int, rate: float | None)
                 "acks": "all",
             }
         )
-        listener = CommitListener(database_url, len(lines))
+        listener = CommitListener(database_url)
         listener.start()
         sent: dict[tuple[str, int], float] = {}
         seq: dict[str, int] = {}
@@ -168,18 +171,27 @@ def run_case(lines: list[tuple[str, bytes]], processes: int, rate: float | None)
                 producer.poll(0)
                 next_send += interval
             producer.flush(60)
-        listener.done.wait(600)
         for worker in workers:
-            worker.wait(120)
+            worker.wait(600)
+        time.sleep(1.0)  # the last commits' notifications
+        listener.stop.set()
+        listener.join(5)
         arrivals = listener.arrivals
         if rate is None:
             times = sorted(arrivals.values())
-            return {"lines": len(arrivals), "throughput": len(times) / (times[-1] - times[0])}
-        latencies = np.array([arrivals[key] - sent[key] for key in sent if key in arrivals])
+            return {"lines": len(lines), "throughput": len(lines) / (times[-1] - times[0])}
+        keys = [key for key in sent if key in arrivals]
+        latencies = np.array([arrivals[key] - sent[key] for key in keys])
+        start = min(sent.values())
+        steady = np.array(
+            [arrivals[key] - sent[key] for key in keys if sent[key] - start >= WARM_UP_SECONDS]
+        )
         return {
             "lines": len(latencies),
             "p50_ms": float(np.percentile(latencies, 50) * 1000),
             "p99_ms": float(np.percentile(latencies, 99) * 1000),
+            "steady_p99_ms": float(np.percentile(steady, 99) * 1000),
+            "max_ms": float(latencies.max() * 1000),
         }
     finally:
         drop_database(database_url)
@@ -200,7 +212,8 @@ def main() -> None:
         print(
             f"{processes} worker process(es): latency at {args.rate:,.0f} lines/s over "
             f"{latency['lines']:,} lines p50 {latency['p50_ms']:.1f} ms, "
-            f"p99 {latency['p99_ms']:.1f} ms (goal < 20 ms); throughput "
+            f"p99 {latency['p99_ms']:.1f} ms (goal < 20 ms), after {WARM_UP_SECONDS:.0f} s "
+            f"{latency['steady_p99_ms']:.1f} ms, max {latency['max_ms']:.0f} ms; throughput "
             f"{throughput['throughput']:,.0f} lines/s over {throughput['lines']:,} lines "
             f"(goal ≥ 50,000)"
         )
