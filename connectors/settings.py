@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     velo_topic_dead_letters: str = Field(
         default="velo.dead_letters", description="Topic for bad messages, with the reason."
     )
-    velo_topic_predictions: str = Field(default="velo.predictions", description="Win probabilities.")
+    velo_topic_predictions: str = Field(
+        default="velo.predictions", description="Win probabilities."
+    )
     redis_url: str | None = Field(
         default=None, description="Redis URL; unset means the in-process online store."
     )
