@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.options import add_database_option, env_default
+from cli.options import add_database_option, add_workers_option
 from cli.runtime import tune_gc_for_streaming
 from cli.scoring import TRAIN_HINT, ScorerUnavailableError, add_model_options, load_scorer
 from connectors.bytewax_io import RunSummary, StreamFileSource
@@ -40,13 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("paths", nargs="+", help="stream files (plain, .gz, .bz2) or folders")
     add_database_option(parser)
-    parser.add_argument(
-        "-w",
-        "--workers",
-        type=int,
-        **env_default("VELO_WORKERS", 1),
-        help="Bytewax worker threads [env VELO_WORKERS]",
-    )
+    add_workers_option(parser, "-w", "--workers")
     parser.add_argument(
         "--snapshot-out", type=Path, help="write end-of-stream runner books (JSONL)"
     )
@@ -83,7 +77,8 @@ def replay(
     def run_flow(on_progress: Callable[[RunSummary], None] | None) -> None:
         flow = build_market_flow(
             StreamFileSource(paths),
-            lambda: PostgresWriter(database_url),
+            # migrated once above; each writer only checks the schema is there
+            lambda: PostgresWriter(database_url, ensure_schema=False),
             summary=summary,
             snapshot_path=snapshot_out,
             on_progress=on_progress,

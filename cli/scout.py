@@ -10,10 +10,14 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from connectors.settings import get_settings
+
+if TYPE_CHECKING:
+    from connectors.betfair_live import SubscriptionSpec
 
 log = logging.getLogger("velo.scout")
 
@@ -29,6 +33,20 @@ def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--market-ids", type=_csv, default="", help="only these markets")
     parser.add_argument("--venues", type=_csv, default="", help="only these venues")
     parser.add_argument("--bootstrap", default=None, help="Kafka servers; unset: KAFKA_BOOTSTRAP")
+
+
+def _subscription_spec(args: argparse.Namespace, **stream_options: Any) -> SubscriptionSpec:
+    """The market filter of `_add_filter_arguments`, plus the stream's data options if any."""
+    from connectors.betfair_live import SubscriptionSpec
+
+    return SubscriptionSpec(
+        event_type_ids=args.event_type_ids,
+        country_codes=args.countries,
+        market_types=args.market_types,
+        market_ids=args.market_ids,
+        venues=args.venues,
+        **stream_options,
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -154,7 +172,6 @@ def run_scout(args: argparse.Namespace) -> int:
         ScoutError,
         ScoutMetrics,
         ScoutOptions,
-        SubscriptionSpec,
         make_api_client,
     )
 
@@ -162,12 +179,8 @@ def run_scout(args: argparse.Namespace) -> int:
     settings = get_settings()
     metrics = ScoutMetrics()
     try:
-        spec = SubscriptionSpec(
-            event_type_ids=args.event_type_ids,
-            country_codes=args.countries,
-            market_types=args.market_types,
-            market_ids=args.market_ids,
-            venues=args.venues,
+        spec = _subscription_spec(
+            args,
             fields=args.fields,
             ladder_levels=args.ladder_levels,
             conflate_ms=args.conflate_ms,
@@ -208,20 +221,13 @@ def run_racecards(args: argparse.Namespace) -> int:
     from connectors.betfair_live import (
         BetfairEndpoints,
         ScoutError,
-        SubscriptionSpec,
         make_api_client,
     )
 
     _configure_logging()
     settings = get_settings()
     try:
-        spec = SubscriptionSpec(
-            event_type_ids=args.event_type_ids,
-            country_codes=args.countries,
-            market_types=args.market_types,
-            market_ids=args.market_ids,
-            venues=args.venues,
-        )
+        spec = _subscription_spec(args)
         endpoints = BetfairEndpoints.from_settings(settings)
         client = make_api_client(settings, endpoints)
         sink = RacecardSink(

@@ -16,7 +16,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from rich.console import Console
 
-from cli.options import add_database_option, env_default
+from cli.options import add_database_option, add_workers_option, env_default
 from cli.replay import print_summary
 from cli.runtime import tune_gc_for_streaming
 from cli.scoring import ScorerUnavailableError, add_model_options, load_scorer
@@ -44,12 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_database_option(parser)
-    parser.add_argument(
-        "--workers",
-        type=int,
-        **env_default("VELO_WORKERS", 1),
-        help="worker threads in this process [env VELO_WORKERS]",
-    )
+    add_workers_option(parser, "--workers")
     parser.add_argument(
         "-i",
         "--process-id",
@@ -132,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             settings.velo_topic_mcm,
             exit_when_idle_seconds=args.exit_when_idle,
         ),
-        lambda: PostgresWriter(database_url),
+        lambda: PostgresWriter(database_url, ensure_schema=False),  # migrated once above
         summary=summary,
         snapshot_path=args.snapshot_out,
         dead_letter_sink=DeadLetterTopicSink(

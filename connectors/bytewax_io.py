@@ -114,17 +114,22 @@ class _SnapshotPartition(StatefulSinkPartition[list[dict], None]):
                 handle.write(orjson.dumps(self._rows[key]) + b"\n")
 
 
-class SnapshotSink(FixedPartitionedSink[list[dict], None]):
-    """Collects end-of-stream runner snapshots and writes them sorted to one JSONL file."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
+class _SinglePartitionSink(FixedPartitionedSink):
+    """A sink whose items all meet in one partition, so its output is the same for any number
+    of workers or processes."""
 
     def list_parts(self) -> list[str]:
         return [SINGLE_PARTITION]
 
     def part_fn(self, item_key: str) -> int:
         return 0
+
+
+class SnapshotSink(_SinglePartitionSink):
+    """Collects end-of-stream runner snapshots and writes them sorted to one JSONL file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SnapshotPartition:
         return _SnapshotPartition(self._path)
@@ -195,7 +200,7 @@ class _SummaryPartition(StatefulSinkPartition[SinkBatch, None]):
             self._path.write_bytes(orjson.dumps(self._summary.as_dict()))
 
 
-class SummarySink(FixedPartitionedSink[SinkBatch, None]):
+class SummarySink(_SinglePartitionSink):
     """Accumulates a RunSummary in one partition; optionally reports progress and saves JSON."""
 
     def __init__(
@@ -207,12 +212,6 @@ class SummarySink(FixedPartitionedSink[SinkBatch, None]):
         self._summary = summary
         self._on_update = on_update
         self._path = path
-
-    def list_parts(self) -> list[str]:
-        return [SINGLE_PARTITION]
-
-    def part_fn(self, item_key: str) -> int:
-        return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SummaryPartition:
         return _SummaryPartition(self._summary, self._on_update, self._path)

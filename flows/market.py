@@ -119,7 +119,7 @@ ScoringInput = tuple[str, RacecardFeatures | SinkBatch]
 
 class _RaceScoringLogic(StatefulBatchLogic[ScoringInput, SinkBatch, RaceScoringState]):
     """Engine shim around RaceScoringState: predictions out; the state goes when the market
-    closes."""
+    closes, unless moments still wait for a racecard that a slower input has yet to deliver."""
 
     def __init__(
         self,
@@ -142,7 +142,7 @@ class _RaceScoringLogic(StatefulBatchLogic[ScoringInput, SinkBatch, RaceScoringS
             else:
                 predictions.extend(state.observe_batch(value, scorer, self.every_seconds))
         out = [SinkBatch(predictions=predictions)] if predictions else []
-        if state.closed:
+        if state.closed and (state.racecard is not None or not state.pending):
             level = logging.INFO if state.racecard is not None else logging.DEBUG
             log.log(
                 level,
