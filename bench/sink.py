@@ -21,7 +21,7 @@ from connectors.database import (
     drop_database,
     start_embedded_server,
 )
-from connectors.postgres_sink import TABLES, PostgresWriter, TableBatch
+from connectors.postgres_sink import TABLES, ConcurrentPostgresWriter, PostgresWriter, TableBatch
 from connectors.services import probe_postgres, services_database_url
 from connectors.settings import get_settings
 from connectors.stream_files import read_lines
@@ -61,11 +61,12 @@ def rows_in(batches: list) -> int:
     return sum(len(getattr(b, spec.attribute)) for b in batches for spec in TABLES)
 
 
-def timed_writes(url: str, batches: list) -> float:
-    """Seconds to write `batches` through one writer (connection and migration check excluded)."""
-    with PostgresWriter(url) as writer:
-        writer.write(TableBatch())  # nothing to write: no connection yet
-        writer._connection()  # connect and check the schema outside the timing
+def timed_writes(url: str, batches: list, *, concurrent: bool = False) -> float:
+    """Seconds to write `batches` through one writer (connection and migration check excluded);
+    `concurrent`: the flow's two-connection writer."""
+    with ConcurrentPostgresWriter(url) if concurrent else PostgresWriter(url) as writer:
+        for single in writer.writers if concurrent else (writer,):
+            single._connection()  # connect and check the schema outside the timing
         started = time.perf_counter()
         for batch in batches:
             writer.write(batch)
@@ -105,7 +106,11 @@ def bench_server(label: str, server_url: str, batches: list[SinkBatch], repeat: 
         print(f"{spec.table:<20}{rows:>9,}{rows / new:>14,.0f}{rows / again:>18,.0f}")
     rows = rows_in(batches)
     new = best_of(repeat, server_url, lambda url: timed_writes(url, batches))
-    print(f"{'all (as the flow)':<20}{rows:>9,}{rows / new:>14,.0f}  ({len(batches)} batches)")
+    print(f"{'all, one connection':<20}{rows:>9,}{rows / new:>14,.0f}  ({len(batches)} batches)")
+    new = best_of(
+        repeat, server_url, lambda url: timed_writes(url, batches, concurrent=True)
+    )
+    print(f"{'all (as the flow)':<20}{rows:>9,}{rows / new:>14,.0f}  (two connections)")
 
 
 def main() -> None:

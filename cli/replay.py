@@ -23,7 +23,7 @@ from cli.runtime import tune_gc_for_streaming
 from cli.scoring import TRAIN_HINT, ScorerUnavailableError, add_model_options, load_scorer
 from connectors.bytewax_io import RunSummary, StreamFileSource
 from connectors.database import resolve_database_url
-from connectors.postgres_sink import PostgresWriter
+from connectors.postgres_sink import ConcurrentPostgresWriter
 from connectors.stream_files import expand_paths
 from flows.market import build_market_flow
 from sql.migrate import upgrade
@@ -78,7 +78,7 @@ def replay(
         flow = build_market_flow(
             StreamFileSource(paths),
             # migrated once above; each writer only checks the schema is there
-            lambda: PostgresWriter(database_url, ensure_schema=False),
+            lambda: ConcurrentPostgresWriter(database_url, ensure_schema=False),
             summary=summary,
             snapshot_path=snapshot_out,
             on_progress=on_progress,

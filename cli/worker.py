@@ -28,7 +28,7 @@ from connectors.kafka_io import (
     PredictionTopicSink,
     list_topic_partitions,
 )
-from connectors.postgres_sink import PostgresWriter
+from connectors.postgres_sink import ConcurrentPostgresWriter
 from connectors.settings import get_settings
 from flows.market import build_market_flow
 from sql.migrate import upgrade
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             settings.velo_topic_mcm,
             exit_when_idle_seconds=args.exit_when_idle,
         ),
-        lambda: PostgresWriter(database_url, ensure_schema=False),  # migrated once above
+        lambda: ConcurrentPostgresWriter(database_url, ensure_schema=False),  # migrated once above
         summary=summary,
         snapshot_path=args.snapshot_out,
         dead_letter_sink=DeadLetterTopicSink(

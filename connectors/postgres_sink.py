@@ -33,6 +33,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -251,7 +252,9 @@ class PostgresWriter:
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         application_name: str = "velo-sink",
+        tables: Iterable[str] | None = None,
     ) -> None:
+        """`tables`: write only these tables of a batch (default: all of them)."""
         if url is None:
             from connectors.database import resolve_database_url
 
@@ -262,6 +265,10 @@ class PostgresWriter:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.application_name = application_name
+        self.specs = TABLES if tables is None else tuple(s for s in TABLES if s.table in tables)
+        unknown = set(tables or ()) - set(TABLE_NAMES)
+        if unknown:
+            raise ValueError(f"no such sink table(s): {', '.join(sorted(unknown))}")
         self.totals: Counter[str] = Counter()
         """Rows written per table (plus `rejected`) over the writer's life."""
         self.reconnects = 0
@@ -273,7 +280,7 @@ class PostgresWriter:
         """Type oid of every column, in record field order (binary COPY)."""
         self._integer_checks: dict[str, tuple[tuple[int, int, int], ...]] = {}
         """(column index, low, high) of the int2/int4 columns of each table."""
-        self._direct = {spec.table for spec in TABLES if spec.append_only}
+        self._direct = {spec.table for spec in self.specs if spec.append_only}
         """Append-only tables COPYed straight into the table (their recent rows were new)."""
 
     def write(self, batch: RecordBatch) -> dict[str, int]:
@@ -283,7 +290,7 @@ class PostgresWriter:
         """
         groups = [
             (spec, _storable_dead_letters(rows) if spec is _DEAD_LETTERS else rows)
-            for spec in TABLES
+            for spec in self.specs
             if (rows := getattr(batch, spec.attribute, None))
         ]
         if not groups:
@@ -545,6 +552,60 @@ class PostgresWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+TICK_TABLES = ("runner_ticks",)
+"""The largest table by far: written on a connection of its own by `ConcurrentPostgresWriter`."""
+
+
+class ConcurrentPostgresWriter:
+    """Writes each batch over two connections at once: the tick table on one, every other
+    table on the other, so two PostgreSQL backends ingest in parallel while the flow waits.
+
+    Each connection commits its own transaction. That is safe because every table's write is
+    idempotent on its natural key: if one commit is lost (a crash between the two), the
+    at-least-once redelivery writes the batch again and the committed half changes nothing.
+    """
+
+    def __init__(self, url: str | None = None, **options: Any) -> None:
+        others = [name for name in TABLE_NAMES if name not in TICK_TABLES]
+        self.writers = (
+            PostgresWriter(url, tables=TICK_TABLES, **options),
+            PostgresWriter(url, tables=others, **options),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="velo-sink")
+
+    def write(self, batch: RecordBatch) -> dict[str, int]:
+        """Write one batch; rows written per table, plus `rejected` (as `PostgresWriter`)."""
+        ticks, rest = self.writers
+        if not getattr(batch, "runner_ticks", None):
+            return rest.write(batch)
+        pending = self._pool.submit(ticks.write, batch)
+        try:
+            counts = Counter(rest.write(batch))
+        finally:
+            tick_counts = pending.result()
+        counts.update(tick_counts)
+        return dict(counts)
+
+    @property
+    def totals(self) -> Counter[str]:
+        return sum((writer.totals for writer in self.writers), Counter())
+
+    @property
+    def reconnects(self) -> int:
+        return sum(writer.reconnects for writer in self.writers)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        for writer in self.writers:
+            writer.close()
+
+    def __enter__(self) -> ConcurrentPostgresWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 # -- reading back -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from connectors.database import ensure_database, start_embedded_server, stop_embedded_server
 from connectors.postgres_sink import (
+    ConcurrentPostgresWriter,
     PostgresWriter,
     SinkUnavailableError,
     TableBatch,
@@ -174,6 +175,28 @@ def test_a_second_writer_replaying_changes_nothing(any_database: str) -> None:
     with PostgresWriter(any_database) as second:
         assert second.write(full_batch()) == dict.fromkeys(EXPECTED_COUNTS, 0)
     assert count_rows(any_database) == EXPECTED_COUNTS
+
+
+def test_the_two_connection_writer_stores_the_same_rows_once(any_database: str) -> None:
+    """The flow's writer splits a batch over two connections; counts, rows and idempotence
+    are those of one writer."""
+    with ConcurrentPostgresWriter(any_database) as writer:
+        assert writer.write(full_batch()) == EXPECTED_COUNTS
+        assert writer.write(full_batch()) == dict.fromkeys(EXPECTED_COUNTS, 0)
+        assert writer.write(TableBatch(markets=[market(version=11)])) == {"markets": 1}
+        assert writer.totals["runner_ticks"] == 32
+        assert writer.totals["markets"] == 2
+    assert count_rows(any_database) == EXPECTED_COUNTS
+    with PostgresWriter(any_database) as single:
+        assert single.write(full_batch()) == dict.fromkeys(EXPECTED_COUNTS, 0)
+
+
+def test_a_writer_limited_to_some_tables_leaves_the_others(any_database: str) -> None:
+    with PostgresWriter(any_database, tables=["runner_ticks"]) as ticks_only:
+        assert ticks_only.write(full_batch()) == {"runner_ticks": 32}
+    assert count_rows(any_database)["markets"] == 0
+    with pytest.raises(ValueError, match="no such sink table"):
+        PostgresWriter(any_database, tables=["runner_tick"])
 
 
 def test_a_batch_overlapping_stored_rows_writes_only_the_new_ones(writer: PostgresWriter) -> None:
