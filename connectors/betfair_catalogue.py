@@ -1,4 +1,4 @@
-"""`velo racecards`: Betfair market catalogue → versioned racecard events on Kafka.
+"""`velo racecards`: Betfair market catalogue → versioned racecard and result events on Kafka.
 
 Each poll lists the markets the filter selects (cheap: no projection), then fetches their
 catalogue with runner metadata in chunks that respect Betfair's request weight limit, turns
@@ -6,12 +6,19 @@ each market into a `Racecard` (`operators.racing_events`), and publishes it keye
 only when it differs from what this process last published for that market. A runner that
 drops out of the catalogue between polls stays on the card as `withdrawn`. A catalogue entry
 that cannot become a valid racecard goes to the dead-letter topic with the reason.
+
+Results: listMarketCatalogue never returns CLOSED markets, so a WIN market this process
+published a card for and that has left the catalogue is asked for with listMarketBook (BSP
+projection). Once Betfair reports it CLOSED, its runner statuses and BSPs become a `RaceResult`
+keyed by market id, published once; a settled book that cannot make a valid result is
+dead-lettered instead. Either way the market is then done and never asked for again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import threading
 from collections.abc import Sequence
@@ -34,8 +41,10 @@ from connectors.betfair_live import (
 )
 from operators.racing_events import (
     EventValidationError,
+    FinishStatus,
     Racecard,
     RacecardRunner,
+    RaceResult,
     RunnerStatus,
     dump_event,
     parse_event,
@@ -54,6 +63,13 @@ FULL_PROJECTION = (
 # Betfair's listMarketCatalogue weights: MARKET_DESCRIPTION 1 + RUNNER_METADATA 1 per market,
 # at most 200 points per request.
 MARKETS_PER_REQUEST = 100
+# listMarketBook with priceData SP_TRADED (for actualSP) weighs 7 points per market.
+BOOK_PRICE_PROJECTION = {"priceData": ["SP_TRADED"]}
+BOOKS_PER_REQUEST = 200 // 7
+# Markets whose settled book is one race's finishing result (a PLACE book has several winners
+# and would overwrite the WIN result of the same race_id).
+RESULT_MARKET_TYPES = frozenset({"WIN"})
+WITHDRAWN_RUNNER_STATUSES = frozenset({"REMOVED", "REMOVED_VACANT"})
 HORSE_RACING = "7"
 KG_TO_LBS = 2.20462262
 METRES_PER = {"m": 1609.344, "f": 201.168, "y": 0.9144}
@@ -223,6 +239,79 @@ def _runner(raw: Any, market_id: str) -> RacecardRunner:
 
 
 # --------------------------------------------------------------------------------------------
+# Settled market book → RaceResult
+# --------------------------------------------------------------------------------------------
+
+
+def _bsp(runner: dict[str, Any]) -> float | None:
+    """The reconciled BSP (`sp.actualSP`), when it is a real price; Betfair sends NaN/Infinity
+    or nothing for runners without one."""
+    sp = runner.get("sp")
+    value = sp.get("actualSP") if isinstance(sp, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 1.0 else None
+
+
+def result_from_market_book(book: Any, card: Racecard) -> RaceResult:
+    """A CLOSED WIN market's listMarketBook entry (SP_TRADED projection) as the race's result.
+
+    Betfair settles a WIN market with WINNER (dead-heaters: several), LOSER and REMOVED; it
+    gives no finishing order beyond the winner. So a winner is `finished` in position 1, a
+    loser `did_not_finish` with `non_finish_code` "LOSER" (ran, not first, position unknown:
+    schema v1 has no status for that) and a removed runner `withdrawn`. Every runner that ran
+    carries its BSP as `win_odds`. Identity (race id, date, venue, runner ids) comes from the
+    card this process published. Raises `EventValidationError` when the book cannot be a result.
+    """
+    if not isinstance(book, dict):
+        raise EventValidationError("market book is not an object")
+    if book.get("status") != "CLOSED":
+        raise EventValidationError(f"market status {book.get('status')!r}, not CLOSED")
+    runners = book.get("runners")
+    if not isinstance(runners, list) or not runners:
+        raise EventValidationError("settled market book without runners")
+    runner_ids = {r.selection_id: r.runner_id for r in card.runners if r.selection_id is not None}
+    winners = sum(1 for r in runners if isinstance(r, dict) and r.get("status") == "WINNER")
+    if winners == 0:
+        raise EventValidationError("closed without a winner (void or abandoned race?)")
+    outcomes = []
+    for runner in runners:
+        selection_id = runner.get("selectionId") if isinstance(runner, dict) else None
+        if not isinstance(selection_id, int):
+            raise EventValidationError("market book runner without a selectionId")
+        status = runner.get("status")
+        fields: dict[str, Any] = {"runner_id": runner_ids.get(selection_id, str(selection_id))}
+        if status == "WINNER":
+            fields |= {"status": FinishStatus.FINISHED, "finish_position": 1}
+            fields |= {"dead_heat": winners > 1, "win_odds": _bsp(runner)}
+        elif status == "LOSER":
+            fields |= {"status": FinishStatus.DID_NOT_FINISH, "non_finish_code": "LOSER"}
+            fields["win_odds"] = _bsp(runner)
+        elif status in WITHDRAWN_RUNNER_STATUSES:
+            fields |= {"status": FinishStatus.WITHDRAWN, "non_finish_code": status}
+        elif status == "HIDDEN":
+            continue
+        else:
+            raise EventValidationError(
+                f"runner {selection_id}: status {status!r} in a settled WIN market"
+            )
+        outcomes.append(fields)
+    result = {
+        "source": card.source,
+        "race_id": card.race_id,
+        "meeting_date": card.meeting_date.isoformat(),
+        "venue": card.venue,
+        "race_number": card.race_number,
+        "runners": outcomes,
+        "schema_version": 1,
+        "event_type": "result",
+    }
+    event = parse_event(result)
+    assert isinstance(event, RaceResult)
+    return event
+
+
+# --------------------------------------------------------------------------------------------
 # Kafka
 # --------------------------------------------------------------------------------------------
 
@@ -233,7 +322,13 @@ class RacecardMetrics:
     poll_errors: int = 0
     markets_seen: int = 0
     published: int = 0
+    """Events of any kind (racecards and results)."""
     unchanged: int = 0
+    results: int = 0
+    result_dead_letters: int = 0
+    results_waiting: int = 0
+    """WIN markets gone from the catalogue whose settled book has not arrived yet (a gauge)."""
+    results_given_up: int = 0
     dead_letters: int = 0
     delivered: int = 0
     delivery_failures: int = 0
@@ -301,8 +396,19 @@ class RacecardSink:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _FollowedMarket:
+    """A market this process published a card for and still follows (until its result)."""
+
+    card: Racecard
+    digest: str
+    market_type: str | None
+    left_catalogue: datetime | None = None
+
+
 class CataloguePoller:
-    """Poll listMarketCatalogue and publish changed racecards; `stop()` ends `run`."""
+    """Poll listMarketCatalogue and publish changed racecards, then the results of the WIN
+    markets that settle; `stop()` ends `run`."""
 
     def __init__(
         self,
@@ -313,6 +419,7 @@ class CataloguePoller:
         use_certs: bool,
         hours_ahead: float = 24.0,
         max_results: int = 1000,
+        result_wait: timedelta = timedelta(hours=24),
     ) -> None:
         self.client = client
         self.spec = spec
@@ -321,9 +428,10 @@ class CataloguePoller:
         self.use_certs = use_certs
         self.hours_ahead = hours_ahead
         self.max_results = max_results
+        self.result_wait = result_wait
+        """How long a WIN market gone from the catalogue may stay unsettled before it is dropped."""
         self._stop = threading.Event()
-        self._digests: dict[str, str] = {}
-        self._runners: dict[str, list[RacecardRunner]] = {}
+        self._markets: dict[str, _FollowedMarket] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -377,7 +485,8 @@ class CataloguePoller:
                 log.error("%d racecard events undelivered at shutdown", undelivered)
 
     def poll_once(self) -> None:
-        """One full poll: list markets, fetch their catalogue in chunks, publish changes."""
+        """One full poll: list markets, fetch their catalogue in chunks, publish changes, then
+        publish the results of followed WIN markets that have settled."""
         market_filter = self.market_filter(datetime.now(UTC))
         listed = self.client.betting.list_market_catalogue(
             filter=market_filter, max_results=self.max_results, sort="FIRST_TO_START"
@@ -395,13 +504,15 @@ class CataloguePoller:
             )
             for catalogue in catalogues:
                 self.handle(catalogue)
+        self.poll_results(set(market_ids))
 
     def handle(self, catalogue: Any) -> None:
         """Publish one catalogue entry as a racecard if it changed; dead-letter it if invalid."""
         self.metrics.markets_seen += 1
         market_id = catalogue.get("marketId") if isinstance(catalogue, dict) else None
         key = market_id if isinstance(market_id, str) else "unknown"
-        previous = self._runners.get(key, [])
+        followed = self._markets.get(key)
+        previous = followed.card.runners if followed else []
         try:
             card = racecard_from_catalogue(catalogue, [])
             current = {r.runner_id for r in card.runners}
@@ -418,12 +529,90 @@ class CataloguePoller:
             return
         payload = dump_event(card)
         digest = hashlib.sha256(payload).hexdigest()
-        self._runners[key] = list(card.runners)
-        if self._digests.get(key) == digest:
+        if followed is not None and followed.digest == digest:
             self.metrics.unchanged += 1
             return
-        self._digests[key] = digest
+        market_type = (catalogue.get("description") or {}).get("marketType")
+        self._markets[key] = _FollowedMarket(card, digest, market_type)
         self.sink.publish(key, payload)
+
+    def poll_results(self, listed: set[str]) -> None:
+        """Publish the results of followed WIN markets that left the catalogue and settled.
+
+        Other markets that left the catalogue are forgotten. Betfair answers only the OPEN
+        markets of a listMarketBook request that mixes OPEN and CLOSED ones, so the markets a
+        first pass left out are asked for again on their own.
+        """
+        now = datetime.now(UTC)
+        waiting = []
+        for market_id, market in list(self._markets.items()):
+            if market_id in listed:
+                market.left_catalogue = None
+            elif market.market_type not in RESULT_MARKET_TYPES:
+                del self._markets[market_id]
+            else:
+                market.left_catalogue = market.left_catalogue or now
+                waiting.append(market_id)
+        left_out, open_seen = self._settle(waiting)
+        if left_out and open_seen:
+            self._settle(left_out)
+        for market_id in waiting:
+            market = self._markets.get(market_id)
+            if market is not None and now - (market.left_catalogue or now) >= self.result_wait:
+                log.warning(
+                    "%s: no settled book %s after it left the catalogue; giving up",
+                    market_id,
+                    self.result_wait,
+                )
+                del self._markets[market_id]
+                self.metrics.results_given_up += 1
+        self.metrics.results_waiting = sum(
+            1 for market in self._markets.values() if market.left_catalogue is not None
+        )
+
+    def _settle(self, market_ids: list[str]) -> tuple[list[str], bool]:
+        """One listMarketBook pass over `market_ids`: publish each CLOSED market's result.
+
+        Returns the ids Betfair did not answer for, and whether it answered any market that
+        is not CLOSED yet.
+        """
+        answered: set[str] = set()
+        open_seen = False
+        for start in range(0, len(market_ids), BOOKS_PER_REQUEST):
+            chunk = market_ids[start : start + BOOKS_PER_REQUEST]
+            books = self.client.betting.list_market_book(
+                market_ids=chunk, price_projection=BOOK_PRICE_PROJECTION
+            )
+            if not isinstance(books, list):
+                self._dead_result("listMarketBook", "listMarketBook result is not a list", books)
+                continue
+            for book in books:
+                market_id = book.get("marketId") if isinstance(book, dict) else None
+                if market_id not in chunk:
+                    self._dead_result(
+                        "listMarketBook", "market book for a market not asked for", book
+                    )
+                    continue
+                answered.add(market_id)
+                if book.get("status") != "CLOSED":
+                    open_seen = True
+                    continue
+                market = self._markets.pop(market_id, None)
+                if market is None:  # answered twice in one response
+                    continue
+                try:
+                    result = result_from_market_book(book, market.card)
+                except EventValidationError as exc:
+                    self._dead_result(market_id, exc.reason, book)
+                    continue
+                self.sink.publish(market_id, dump_event(result))
+                self.metrics.results += 1
+        return [m for m in market_ids if m not in answered], open_seen
+
+    def _dead_result(self, key: str, reason: str, raw: Any) -> None:
+        log.warning("result for %s dead-lettered: %s", key, reason)
+        self.sink.dead_letter(key, f"result: {reason}", raw)
+        self.metrics.result_dead_letters += 1
 
 
 def _brief(exc: Exception) -> str:

@@ -17,7 +17,9 @@ are applied as Betfair documents them; segmentation is accepted but never used.
 API server (`BetfairApiServer`): `POST /api/certlogin` (client-certificate login),
 `/api/login` (interactive), `/api/keepAlive`, and the JSON-RPC betting endpoint
 `/exchange/betting/json-rpc/v1` answering `SportsAPING/v1.0/listMarketCatalogue` from real
-catalogue JSON. Sessions it issues are the ones the stream server accepts.
+catalogue JSON and `SportsAPING/v1.0/listMarketBook` from market books built out of recorded
+market definitions (a closing definition gives the settled runner statuses and BSP). Sessions
+it issues are the ones the stream server accepts.
 """
 
 from __future__ import annotations
@@ -876,10 +878,191 @@ def project_catalogue(catalogue: dict[str, Any], projection: list[str]) -> dict[
     return projected
 
 
+# listMarketBook priceProjection.priceData -> request weight (Betfair's Market Data Request
+# Limits: sum of the weights x markets must not exceed 200; two combinations cost less).
+BOOK_PRICE_WEIGHTS = {
+    "SP_AVAILABLE": 3,
+    "SP_TRADED": 7,
+    "EX_BEST_OFFERS": 5,
+    "EX_ALL_OFFERS": 17,
+    "EX_TRADED": 17,
+}
+BOOK_COMBINED_WEIGHTS = {
+    frozenset({"EX_BEST_OFFERS", "EX_TRADED"}): 20,
+    frozenset({"EX_ALL_OFFERS", "EX_TRADED"}): 32,
+}
+NO_PROJECTION_WEIGHT = 2
+MAX_REQUEST_WEIGHT = 200
+
+
+def book_request_weight(price_data: frozenset[str]) -> int:
+    """Weight of one market in a listMarketBook request with this priceData."""
+    if not price_data:
+        return NO_PROJECTION_WEIGHT
+    combined = BOOK_COMBINED_WEIGHTS.get(price_data)
+    return combined or sum(BOOK_PRICE_WEIGHTS.get(name, 0) for name in price_data)
+
+
+@dataclass(frozen=True)
+class RecordedMarket:
+    """A recorded market as the betting API shows it before the off and after settlement.
+
+    `catalogue`: the listMarketCatalogue entry (event fields from the closing definition, which
+    has them all; runners that were not yet removed at the first definition). `open_book` and
+    `settled_book`: listMarketBook entries from the first and the closing definition.
+    """
+
+    market_id: str
+    market_type: str | None
+    catalogue: dict[str, Any]
+    open_book: dict[str, Any]
+    settled_book: dict[str, Any]
+
+
+def recorded_markets(path: Path) -> list[RecordedMarket]:
+    """The markets of a stream file that carry a market definition."""
+    markets = []
+    for market_id, changes in market_changes_by_market(path).items():
+        found = [c["marketDefinition"] for c in changes if "marketDefinition" in c]
+        if not found:
+            continue
+        first, closing = found[0], found[-1]
+        markets.append(
+            RecordedMarket(
+                market_id,
+                closing.get("marketType"),
+                catalogue_from_definition(market_id, {**closing, "runners": first["runners"]}),
+                market_book_from_definition(market_id, first),
+                market_book_from_definition(market_id, closing),
+            )
+        )
+    return markets
+
+
+def market_book_from_definition(market_id: str, definition: dict[str, Any]) -> dict[str, Any]:
+    """The full listMarketBook entry of a market in the state a stream definition describes.
+
+    A closing definition gives what Betfair answers after settlement: status CLOSED, each
+    runner WINNER/LOSER/REMOVED (PLACED for each-way), and the reconciled BSP as `actualSP`.
+    """
+    runners = []
+    for runner in definition.get("runners") or ():
+        sp = {"backStakeTaken": [], "layLiabilityTaken": []}
+        if runner.get("bsp") is not None:
+            sp["actualSP"] = runner["bsp"]
+        entry: dict[str, Any] = {
+            "selectionId": runner["id"],
+            "handicap": runner.get("hc", 0.0),
+            "status": runner.get("status", "ACTIVE"),
+            "adjustmentFactor": runner.get("adjustmentFactor"),
+            "sp": sp,
+            "ex": {"availableToBack": [], "availableToLay": [], "tradedVolume": []},
+        }
+        if runner.get("removalDate"):
+            entry["removalDate"] = runner["removalDate"]
+        runners.append(entry)
+    return {
+        "marketId": market_id,
+        "isMarketDataDelayed": False,
+        "status": definition.get("status", "OPEN"),
+        "betDelay": definition.get("betDelay", 0),
+        "bspReconciled": bool(definition.get("bspReconciled")),
+        "complete": bool(definition.get("complete", True)),
+        "inplay": bool(definition.get("inPlay")),
+        "numberOfWinners": definition.get("numberOfWinners", 1),
+        "numberOfRunners": len(runners),
+        "numberOfActiveRunners": sum(r["status"] == "ACTIVE" for r in runners),
+        "totalMatched": 0.0,
+        "totalAvailable": 0.0,
+        "crossMatching": False,
+        "runnersVoidable": bool(definition.get("runnersVoidable")),
+        "version": definition.get("version", 1),
+        "runners": runners,
+    }
+
+
+def project_market_book(book: dict[str, Any], price_data: frozenset[str]) -> dict[str, Any]:
+    """A market book as listMarketBook returns it for `priceData`: `sp` only with an SP_*
+    projection (`actualSP` with SP_TRADED), `ex` only with an EX_* one."""
+    runners = book.get("runners")
+    if not isinstance(runners, list):
+        return book
+    projected = []
+    for runner in runners:
+        if not isinstance(runner, dict):
+            projected.append(runner)
+            continue
+        runner = dict(runner)
+        sp = runner.pop("sp", None)
+        ex = runner.pop("ex", None)
+        if sp is not None and price_data & {"SP_AVAILABLE", "SP_TRADED"}:
+            if "SP_TRADED" not in price_data:
+                sp = {k: v for k, v in sp.items() if k != "actualSP"}
+            runner["sp"] = sp
+        if ex is not None and price_data & {"EX_BEST_OFFERS", "EX_ALL_OFFERS", "EX_TRADED"}:
+            runner["ex"] = ex
+        projected.append(runner)
+    return {**book, "runners": projected}
+
+
+def catalogue_from_definition(market_id: str, definition: dict[str, Any]) -> dict[str, Any]:
+    """A listMarketCatalogue entry (every projection) for a market of a stream file.
+
+    Runners already removed in `definition` are left out, as Betfair's catalogue drops
+    non-runners. Live captures carry no names: those runners get "Selection <id>".
+    """
+    venue = definition.get("venue")
+    return {
+        "marketId": market_id,
+        "marketName": definition.get("name") or "",
+        "marketStartTime": definition["marketTime"],
+        "totalMatched": 0.0,
+        "description": {
+            "persistenceEnabled": bool(definition.get("persistenceEnabled", True)),
+            "bspMarket": bool(definition.get("bspMarket")),
+            "marketTime": definition["marketTime"],
+            "suspendTime": definition.get("suspendTime", definition["marketTime"]),
+            "bettingType": definition.get("bettingType", "ODDS"),
+            "turnInPlayEnabled": bool(definition.get("turnInPlayEnabled")),
+            "marketType": definition.get("marketType"),
+            "regulator": "MR_INT",
+            "marketBaseRate": definition.get("marketBaseRate", 5.0),
+            "discountAllowed": bool(definition.get("discountAllowed", True)),
+            "wallet": "UK wallet",
+            "rules": "",
+            "rulesHasDate": True,
+            "raceType": definition.get("raceType"),
+        },
+        "runners": [
+            {
+                "selectionId": runner["id"],
+                "runnerName": runner.get("name") or f"Selection {runner['id']}",
+                "handicap": runner.get("hc", 0.0),
+                "sortPriority": runner.get("sortPriority", index + 1),
+                "metadata": {"runnerId": str(runner["id"])},
+            }
+            for index, runner in enumerate(definition.get("runners") or ())
+            if runner.get("status") != "REMOVED"
+        ],
+        "eventType": {"id": definition.get("eventTypeId"), "name": ""},
+        "event": {
+            "id": definition.get("eventId"),
+            "name": definition.get("eventName") or venue or "",
+            "countryCode": definition.get("countryCode"),
+            "timezone": definition.get("timezone"),
+            "venue": venue,
+            "openDate": definition.get("openDate", definition["marketTime"]),
+        },
+    }
+
+
 class BetfairApiServer:
     """HTTPS identity (login, certlogin, keepAlive) and JSON-RPC betting API on 127.0.0.1.
 
-    `catalogues` is the market catalogue list it serves; tests may replace it between polls.
+    `catalogues` is the market catalogue list it serves; `market_books` maps market ids to
+    full listMarketBook entries (`market_book_from_definition`). Tests may change both between
+    polls. As on Betfair, listMarketCatalogue leaves out markets whose book is CLOSED, and a
+    listMarketBook request mixing OPEN and CLOSED markets answers only the OPEN ones.
     `valid_sessions` gets every session token this server issues.
     """
 
@@ -891,6 +1074,7 @@ class BetfairApiServer:
         password: str,
         app_key: str,
         catalogues: list[dict[str, Any]] | None = None,
+        market_books: dict[str, dict[str, Any]] | None = None,
         valid_sessions: set[str] | None = None,
     ) -> None:
         self.tls = tls
@@ -898,6 +1082,7 @@ class BetfairApiServer:
         self.password = password
         self.app_key = app_key
         self.catalogues = catalogues or []
+        self.market_books = market_books if market_books is not None else {}
         self.valid_sessions = valid_sessions if valid_sessions is not None else set()
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.port = 0
@@ -1021,17 +1206,37 @@ class BetfairApiServer:
             return aping_error("INVALID_APP_KEY")
         if handler.headers.get("X-Authentication") not in self.valid_sessions:
             return aping_error("INVALID_SESSION_INFORMATION")
-        if request.get("method") != "SportsAPING/v1.0/listMarketCatalogue":
-            return {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}}
         params = request.get("params") or {}
-        market_filter = params.get("filter") or {}
-        projection = params.get("marketProjection") or []
-        max_results = int(params.get("maxResults") or 1)
-        if not 0 < max_results <= 1000:
-            return aping_error("INVALID_INPUT_DATA")
-        result = [
-            project_catalogue(catalogue, projection)
-            for catalogue in self.catalogues
-            if _catalogue_matches(catalogue, market_filter)
-        ][:max_results]
+        method = request.get("method")
+        if method == "SportsAPING/v1.0/listMarketCatalogue":
+            market_filter = params.get("filter") or {}
+            projection = params.get("marketProjection") or []
+            max_results = int(params.get("maxResults") or 1)
+            if not 0 < max_results <= 1000:
+                return aping_error("INVALID_INPUT_DATA")
+            result = [
+                project_catalogue(catalogue, projection)
+                for catalogue in self.catalogues
+                if _catalogue_matches(catalogue, market_filter)
+                and not self._closed(catalogue.get("marketId"))
+            ][:max_results]
+        elif method == "SportsAPING/v1.0/listMarketBook":
+            market_ids = params.get("marketIds")
+            if not isinstance(market_ids, list) or not market_ids:
+                return aping_error("INVALID_INPUT_DATA")
+            price_data = frozenset((params.get("priceProjection") or {}).get("priceData") or ())
+            if book_request_weight(price_data) * len(market_ids) > MAX_REQUEST_WEIGHT:
+                return aping_error("TOO_MUCH_DATA")
+            books = [
+                self.market_books[m] for m in dict.fromkeys(market_ids) if m in self.market_books
+            ]
+            if any(book.get("status") != "CLOSED" for book in books):
+                books = [book for book in books if book.get("status") != "CLOSED"]
+            result = [project_market_book(book, price_data) for book in books]
+        else:
+            return {"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found"}}
         return {"jsonrpc": "2.0", "result": result, "id": request_id}
+
+    def _closed(self, market_id: Any) -> bool:
+        book = self.market_books.get(market_id) if isinstance(market_id, str) else None
+        return isinstance(book, dict) and book.get("status") == "CLOSED"

@@ -1,21 +1,26 @@
-"""`velo racecards`: Betfair market catalogue → racecard events and dead letters on real Kafka.
+"""`velo racecards`: Betfair market catalogue → racecard and result events on real Kafka.
 
 The betting and identity APIs are the local HTTPS servers in `tests.betfair_stream_server`,
 answering with the real catalogue JSON from the shared data (greyhounds: the only catalogues
 there). Horse-racing runner metadata is added to a copy of a real catalogue in Betfair's
 documented RUNNER_METADATA shape (every value a string), since no recorded horse catalogue is
-available.
+available. Results: the server's listMarketBook answers from the recorded stream files'
+market definitions (the first one before the off, the closing one after settlement: winners,
+losers, non-runners and BSP), and the horse markets' catalogues are built from the same
+definitions.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +29,31 @@ import pytest
 from confluent_kafka import Consumer
 
 from connectors.betfair_catalogue import (
+    BOOKS_PER_REQUEST,
     CataloguePoller,
     RacecardSink,
     distance_from_name,
     racecard_from_catalogue,
+    result_from_market_book,
 )
 from connectors.betfair_live import BetfairEndpoints, SubscriptionSpec, make_api_client
 from connectors.settings import Settings
-from operators.racing_events import EventValidationError, Racecard, RunnerStatus, parse_event
+from operators.racing_events import (
+    EventValidationError,
+    FinishStatus,
+    Racecard,
+    RaceResult,
+    RunnerStatus,
+    parse_event,
+)
 from tests.betfair_stream_server import (
     BetfairApiServer,
+    RecordedMarket,
     TlsMaterial,
     make_tls_material,
     project_catalogue,
+    project_market_book,
+    recorded_markets,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,9 +76,51 @@ HORSE_METADATA = [  # (cloth, draw, jockey, trainer, lbs, age, rating, days, for
 ]
 
 
+# Recorded markets with a closing definition: 5 WIN (4 horse, 1 greyhound), 3 PLACE.
+RECORDED_FILES = (
+    "1.127236622.bz2",
+    "1.185781277.bz2",
+    "1-206064380.bz2",
+    "BASIC-1.132153978",
+    "1.197931750",
+    "SELF-1.181223995",
+    "1.205822330.bz2",
+    "1.197931751",
+)
+SP_TRADED = frozenset({"SP_TRADED"})
+
+
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
     return make_tls_material(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def recorded(betfair_dir: Path) -> list[RecordedMarket]:
+    """The recorded markets; the greyhound ones with their real catalogue."""
+    markets = []
+    for name in RECORDED_FILES:
+        for market in recorded_markets(betfair_dir / name):
+            real = betfair_dir / "catalogues" / f"{market.market_id}.json"
+            if real.exists():
+                catalogue = orjson.loads(real.read_bytes())
+                market = RecordedMarket(
+                    market.market_id,
+                    market.market_type,
+                    catalogue,
+                    market.open_book,
+                    market.settled_book,
+                )
+            markets.append(market)
+    return markets
+
+
+def closing_runners(market: RecordedMarket) -> dict[int, tuple[str, float | None]]:
+    """selection id -> (status, BSP) of the recorded closing market definition."""
+    return {
+        r["selectionId"]: (r["status"], r["sp"].get("actualSP"))
+        for r in market.settled_book["runners"]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -314,3 +373,296 @@ def test_poller_republishes_only_changes_and_keeps_withdrawn_runners(
     assert len(after.runners) == len(before.runners)
     logins = [path for path, _ in api.requests if path == "/api/certlogin"]
     assert len(logins) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# results: settled market book → RaceResult (no services)
+# --------------------------------------------------------------------------------------------
+
+
+def test_settled_win_books_become_results(recorded: list[RecordedMarket]) -> None:
+    win = [m for m in recorded if m.market_type == "WIN"]
+    assert len(win) == 5
+    for market in win:
+        card = racecard_from_catalogue(market.catalogue)
+        result = result_from_market_book(project_market_book(market.settled_book, SP_TRADED), card)
+        assert (result.race_id, result.meeting_date, result.venue) == (
+            card.race_id,
+            card.meeting_date,
+            card.venue,
+        )
+        assert parse_event(orjson.dumps(result.model_dump(mode="json"))) == result
+        expected = closing_runners(market)
+        by_id = {r.runner_id: r for r in result.runners}
+        selection_of = {r.runner_id: r.selection_id for r in card.runners}
+        assert len(by_id) == len(expected)
+        for runner_id, runner in by_id.items():
+            status, bsp = expected[selection_of.get(runner_id) or int(runner_id)]
+            if status == "WINNER":
+                assert (runner.status, runner.finish_position) == (FinishStatus.FINISHED, 1)
+                assert not runner.dead_heat and runner.win_odds == bsp
+            elif status == "LOSER":
+                assert runner.status is FinishStatus.DID_NOT_FINISH
+                assert (runner.non_finish_code, runner.finish_position) == ("LOSER", None)
+                assert runner.win_odds == bsp
+            else:
+                assert status == "REMOVED" and runner.status is FinishStatus.WITHDRAWN
+                assert runner.win_odds is None
+    lismore = next(m for m in win if m.market_id == "1.185781277")
+    card = racecard_from_catalogue(lismore.catalogue)
+    result = result_from_market_book(lismore.settled_book, card)
+    winner = next(r for r in result.runners if r.finish_position == 1)
+    assert (winner.runner_id, winner.win_odds) == ("40364042", 4.1)
+    assert sum(r.status is FinishStatus.WITHDRAWN for r in result.runners) == 3
+
+
+def test_dead_heat_and_missing_bsp(recorded: list[RecordedMarket]) -> None:
+    market = next(m for m in recorded if m.market_id == "1.197931750")
+    card = racecard_from_catalogue(market.catalogue)
+    book = copy.deepcopy(market.settled_book)
+    book["runners"][0]["status"] = "WINNER"  # joins 37947503 on the line
+    book["runners"][2]["sp"]["actualSP"] = "NaN"
+    del book["runners"][3]["sp"]
+    result = result_from_market_book(book, card)
+    winners = [r for r in result.runners if r.finish_position == 1]
+    assert [r.runner_id for r in winners] == ["44331354", "37947503"]
+    assert all(r.dead_heat for r in winners)
+    assert result.runners[2].win_odds is None and result.runners[3].win_odds is None
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda b: b.update(status="OPEN"), "not CLOSED"),
+        (lambda b: b.update(runners="none"), "without runners"),
+        (lambda b: [r.update(status="LOSER") for r in b["runners"]], "without a winner"),
+        (lambda b: b["runners"][2].update(status="ACTIVE"), "status 'ACTIVE'"),
+        (lambda b: b["runners"][2].pop("selectionId"), "without a selectionId"),
+    ],
+)
+def test_bad_settled_books_give_a_reason(
+    recorded: list[RecordedMarket], change: Callable[[dict], Any], reason: str
+) -> None:
+    market = next(m for m in recorded if m.market_id == "1.197931750")
+    book = copy.deepcopy(market.settled_book)
+    change(book)
+    with pytest.raises(EventValidationError) as error:
+        result_from_market_book(book, racecard_from_catalogue(market.catalogue))
+    assert reason in error.value.reason
+
+
+# --------------------------------------------------------------------------------------------
+# results: integration through the API server and real Kafka
+# --------------------------------------------------------------------------------------------
+
+
+def _settings(tls: TlsMaterial, api: BetfairApiServer) -> Settings:
+    return Settings(
+        betfair_username=USERNAME,
+        betfair_password=PASSWORD,
+        betfair_app_key=APP_KEY,
+        betfair_certs_dir=tls.certs_dir,
+        betfair_identity_url=api.identity_url,
+        betfair_api_url=api.api_url,
+        betfair_ca_file=tls.ca_file,
+    )
+
+
+def _book_requests(api: BetfairApiServer) -> list[list[str]]:
+    return [
+        params["marketIds"]
+        for method, params in api.requests
+        if method == "SportsAPING/v1.0/listMarketBook"
+    ]
+
+
+def _catalogue_requests(api: BetfairApiServer) -> int:
+    return sum(1 for method, _ in api.requests if method.endswith("listMarketCatalogue"))
+
+
+def test_velo_racecards_publishes_each_settled_result_once(
+    tls: TlsMaterial,
+    recorded: list[RecordedMarket],
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+) -> None:
+    """Cards while the markets are open; once they settle, one result per WIN market, however
+    many polls follow. A void race is a dead letter; PLACE markets give no result."""
+    greyhound = next(m for m in recorded if m.market_id == "1.197931750")
+    void_catalogue = {**copy.deepcopy(greyhound.catalogue), "marketId": "1.900000003"}
+    void_book = copy.deepcopy(greyhound.settled_book) | {"marketId": "1.900000003"}
+    for runner in void_book["runners"]:
+        runner["status"] = "LOSER"
+    catalogues = [m.catalogue for m in recorded] + [void_catalogue]
+    open_books = {m.market_id: m.open_book for m in recorded}
+    open_books["1.900000003"] = greyhound.open_book | {"marketId": "1.900000003"}
+    settled = {m.market_id: m.settled_book for m in recorded} | {"1.900000003": void_book}
+    topic, dead_letters = kafka_topic(partitions=3), kafka_topic(partitions=1)
+    with BetfairApiServer(
+        tls,
+        username=USERNAME,
+        password=PASSWORD,
+        app_key=APP_KEY,
+        catalogues=catalogues,
+        market_books=open_books,
+    ) as api:
+        env = {
+            **os.environ,
+            "BETFAIR_USERNAME": USERNAME,
+            "BETFAIR_PASSWORD": PASSWORD,
+            "BETFAIR_APP_KEY": APP_KEY,
+            "BETFAIR_CERTS_DIR": str(tls.certs_dir),
+            "BETFAIR_IDENTITY_URL": api.identity_url,
+            "BETFAIR_API_URL": api.api_url,
+            "BETFAIR_CA_FILE": str(tls.ca_file),
+            "KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "VELO_TOPIC_RACECARDS": topic,
+            "VELO_TOPIC_DEAD_LETTERS": dead_letters,
+        }
+        command = [sys.executable, "-m", "cli.main", "racecards", "--interval", "0.2"]
+        command += ["--hours-ahead", "0", "--event-type-ids", "7,4339", "--countries", ""]
+        command += ["--market-types", ""]
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            cards = consume_all(kafka_bootstrap, topic, len(catalogues))
+            assert len(cards) == len(catalogues)
+            assert _book_requests(api) == []  # every market still listed: nothing to ask
+            api.market_books = settled  # the races are run and settled
+            deadline = time.monotonic() + 60
+            while not _book_requests(api) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            polls_after = _catalogue_requests(api)
+            while _catalogue_requests(api) < polls_after + 6 and time.monotonic() < deadline:
+                time.sleep(0.1)  # a few more polls: nothing more may be published
+        finally:
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    metrics = orjson.loads(stdout.splitlines()[-1])
+    win = [m for m in recorded if m.market_type == "WIN"]
+    assert metrics["results"] == len(win) == 5
+    assert metrics["result_dead_letters"] == 1 and metrics["dead_letters"] == 1
+    assert metrics["published"] == len(catalogues) + len(win)
+    assert metrics["results_waiting"] == 0 and metrics["delivery_failures"] == 0
+
+    # Only the WIN markets that left the catalogue were asked for, each settled one once.
+    asked = [m for request in _book_requests(api) for m in request]
+    assert sorted(asked) == sorted([m.market_id for m in win] + ["1.900000003"])
+
+    events: dict[str, list[Any]] = {}
+    for message in consume_all(kafka_bootstrap, topic, metrics["published"]):
+        events.setdefault(message.key().decode(), []).append(parse_event(message.value()))
+    assert sum(len(v) for v in events.values()) == metrics["published"]
+    for market in recorded:
+        kinds = [type(e) for e in events[market.market_id]]
+        if market.market_type == "WIN":
+            assert kinds == [Racecard, RaceResult], market.market_id
+            card, result = events[market.market_id]
+            assert result.race_id == card.race_id
+            selection_of = {r.runner_id: r.selection_id for r in card.runners}
+            expected = closing_runners(market)
+            got = {
+                selection_of.get(r.runner_id) or int(r.runner_id): (r.finish_position, r.win_odds)
+                for r in result.runners
+            }
+            assert got == {
+                selection: (1 if status == "WINNER" else None, bsp)
+                for selection, (status, bsp) in expected.items()
+            }
+        else:
+            assert kinds == [Racecard], market.market_id
+    assert [type(e) for e in events["1.900000003"]] == [Racecard]
+
+    [dead] = consume_all(kafka_bootstrap, dead_letters, 1)
+    record = orjson.loads(dead.value())
+    assert dead.key() == b"1.900000003" and record["source"] == "racecards"
+    assert record["reason"] == "result: closed without a winner (void or abandoned race?)"
+    assert record["raw"]["marketId"] == "1.900000003"
+
+
+def test_poller_settles_markets_left_out_of_a_mixed_answer(
+    tls: TlsMaterial,
+    recorded: list[RecordedMarket],
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+) -> None:
+    """Betfair answers only the OPEN markets of a request mixing OPEN and CLOSED ones, and
+    limits a request's weight: the poller asks in chunks and asks again for the rest."""
+    greyhound = next(m for m in recorded if m.market_id == "1.197931750")
+    ids = [f"1.90000{n:04d}" for n in range(BOOKS_PER_REQUEST + 2)]
+    catalogues = [{**copy.deepcopy(greyhound.catalogue), "marketId": m} for m in ids]
+    with BetfairApiServer(
+        tls,
+        username=USERNAME,
+        password=PASSWORD,
+        app_key=APP_KEY,
+        catalogues=catalogues,
+        market_books={m: greyhound.open_book | {"marketId": m} for m in ids},
+    ) as api:
+        client = make_api_client(
+            _settings(tls, api), BetfairEndpoints.from_settings(_settings(tls, api))
+        )
+        topic, dead_letters = kafka_topic(partitions=2), kafka_topic(partitions=1)
+        sink = RacecardSink(kafka_bootstrap, topic, dead_letters)
+        spec = SubscriptionSpec(event_type_ids=("4339",), country_codes=(), market_types=())
+        poller = CataloguePoller(client, spec, sink, use_certs=True, hours_ahead=0)
+        poller.run(interval_s=0.1, once=True)
+        assert sink.metrics.published == len(ids)
+
+        # All settle but the last one, which leaves the catalogue still OPEN (a late race).
+        late = ids[-1]
+        api.market_books = {m: greyhound.settled_book | {"marketId": m} for m in ids[:-1]}
+        api.market_books[late] = greyhound.open_book | {"marketId": late}
+        api.catalogues = [c for c in catalogues if c["marketId"] != late]
+        poller.run(interval_s=0.1, once=True)
+        assert sink.metrics.results == len(ids) - 1
+        assert sink.metrics.results_waiting == 1
+        first_pass, second_pass = _book_requests(api)[:2], _book_requests(api)[2:]
+        assert [len(r) for r in first_pass] == [BOOKS_PER_REQUEST, 2]
+        assert second_pass == [[ids[-2]]]  # left out of the answer that held the OPEN one
+
+        poller.run(interval_s=0.1, once=True)  # still running: asked again, alone
+        assert _book_requests(api)[-1] == [late] and sink.metrics.results == len(ids) - 1
+        api.market_books[late] = greyhound.settled_book | {"marketId": late}
+        poller.run(interval_s=0.1, once=True)
+        poller.run(interval_s=0.1, once=True)  # nothing left to ask for
+        assert sink.metrics.results == len(ids) and sink.metrics.results_waiting == 0
+        assert _book_requests(api)[-1] == [late] and len(_book_requests(api)) == 5
+    results = [parse_event(m.value()) for m in consume_all(kafka_bootstrap, topic, 2 * len(ids))]
+    assert sum(isinstance(e, RaceResult) for e in results) == len(ids)
+
+
+def test_poller_gives_up_on_markets_betfair_never_settles(
+    tls: TlsMaterial,
+    recorded: list[RecordedMarket],
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+) -> None:
+    greyhound = next(m for m in recorded if m.market_id == "1.197931750")
+    with BetfairApiServer(
+        tls,
+        username=USERNAME,
+        password=PASSWORD,
+        app_key=APP_KEY,
+        catalogues=[greyhound.catalogue],
+        market_books={},  # listMarketBook does not know it (e.g. purged after 90 days)
+    ) as api:
+        client = make_api_client(
+            _settings(tls, api), BetfairEndpoints.from_settings(_settings(tls, api))
+        )
+        sink = RacecardSink(kafka_bootstrap, kafka_topic(partitions=1), kafka_topic(partitions=1))
+        spec = SubscriptionSpec(event_type_ids=("4339",), market_ids=(greyhound.market_id,))
+        poller = CataloguePoller(
+            client, spec, sink, use_certs=True, hours_ahead=0, result_wait=timedelta(seconds=0.5)
+        )
+        poller.run(interval_s=0.1, once=True)
+        api.catalogues = []
+        poller.run(interval_s=0.1, once=True)
+        assert (sink.metrics.results_waiting, sink.metrics.results_given_up) == (1, 0)
+        time.sleep(0.6)
+        poller.run(interval_s=0.1, once=True)
+        assert (sink.metrics.results_waiting, sink.metrics.results_given_up) == (0, 1)
+        poller.run(interval_s=0.1, once=True)
+        assert len(_book_requests(api)) == 2 and sink.metrics.results == 0
