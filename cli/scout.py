@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -74,6 +75,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scout.add_argument("--metrics-interval", type=float, default=60.0, help="seconds")
     scout.add_argument("--backoff-initial", type=float, default=0.5, help="seconds")
     scout.add_argument("--backoff-max", type=float, default=30.0, help="seconds")
+    scout.add_argument(
+        "--state-file",
+        type=Path,
+        default=os.environ.get("VELO_SCOUT_STATE_FILE") or None,
+        help="keep the resume tokens in this file so a restarted scout resumes without a "
+        "fresh image (unset: VELO_SCOUT_STATE_FILE; neither: tokens only in memory)",
+    )
+    scout.add_argument(
+        "--state-interval", type=float, default=1.0, help="seconds between state-file writes"
+    )
     scout.set_defaults(func=run_scout)
 
     racecards = subparsers.add_parser(
@@ -172,7 +183,9 @@ def run_scout(args: argparse.Namespace) -> int:
         ScoutError,
         ScoutMetrics,
         ScoutOptions,
+        ScoutStateFile,
         make_api_client,
+        subscription_key,
     )
 
     _configure_logging()
@@ -202,9 +215,15 @@ def run_scout(args: argparse.Namespace) -> int:
             backoff_initial_s=args.backoff_initial,
             backoff_max_s=args.backoff_max,
             use_certs=settings.betfair_certs_dir is not None,
+            state_interval_s=args.state_interval,
         )
         recorder = MarketRecorder(args.record) if args.record else None
-        scout = Scout(client, spec, endpoints, sink, metrics, options, recorder)
+        state = (
+            ScoutStateFile(args.state_file, subscription_key(spec, endpoints))
+            if args.state_file
+            else None
+        )
+        scout = Scout(client, spec, endpoints, sink, metrics, options, recorder, state)
         _on_signals(scout.stop)
         scout.run()
     except ScoutError as exc:

@@ -17,21 +17,33 @@ of the last line handed to the producer, so Betfair resumes right after it: no g
 duplicate. A Kafka delivery that finally fails cannot be resent (the line is gone), so the scout
 resubscribes *without* tokens: Betfair then sends a fresh image of every market, which
 overwrites whatever the lost lines would have changed.
+
+Restarts (`--state-file`): the tokens are also written to a small file, but only once Kafka has
+acknowledged every line up to them, so the file is never ahead of the topic. A restarted scout
+resubscribes with them; Betfair then resends what followed, and the lines Kafka already got
+from the previous process (read back from the topic, by market and `clk`) are not produced
+twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import hashlib
 import logging
+import os
 import random
 import re
 import socket
 import ssl
 import threading
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +60,7 @@ from betfairlightweight.exceptions import (
 )
 from betfairlightweight.exceptions import SocketError as StreamSocketError
 from betfairlightweight.streaming import BaseListener, BetfairStream
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from connectors.settings import Settings
 
@@ -245,6 +257,9 @@ class ScoutMetrics:
     reconnects: int = 0
     resyncs: int = 0
     recorded_lines: int = 0
+    resumed_from_state: int = 0
+    state_saves: int = 0
+    duplicates_skipped: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -311,6 +326,199 @@ def split_by_market(message: dict[str, Any], raw: bytes) -> tuple[list[tuple[str
 
 
 # --------------------------------------------------------------------------------------------
+# Resume position: what Kafka holds, the state file, what a previous process delivered
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """Betfair's `initialClk`/`clk` after some stream message, and the wall-clock time (ms) the
+    scout reached it: every line after that position was produced later."""
+
+    initial_clk: str
+    clk: str
+    reached_ms: int
+
+
+class DeliveryLedger:
+    """Which stream position Kafka holds completely.
+
+    Lines are numbered as they are produced; the position after each stream message is a
+    checkpoint. Kafka acknowledges lines out of order across partitions, so a checkpoint becomes
+    `safe` only once every line numbered up to it was acknowledged. After a failed delivery
+    nothing becomes safe any more until `reset` (the scout then subscribes for a fresh image).
+    """
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.acked_through = 0
+        self.failed = False
+        self.safe: StreamPosition | None = None
+        self._acked_ahead: set[int] = set()
+        self._checkpoints: deque[tuple[int, StreamPosition]] = deque()
+
+    def produce(self) -> int:
+        self.produced += 1
+        return self.produced
+
+    def acked(self, number: int) -> None:
+        if number <= self.acked_through:  # from before the last reset
+            return
+        self._acked_ahead.add(number)
+        while self.acked_through + 1 in self._acked_ahead:
+            self.acked_through += 1
+            self._acked_ahead.discard(self.acked_through)
+        self._release()
+
+    def lost(self, number: int) -> None:
+        if number > self.acked_through:
+            self.failed = True
+
+    def checkpoint(self, position: StreamPosition) -> None:
+        self._checkpoints.append((self.produced, position))
+        self._release()
+
+    def reset(self) -> None:
+        """Start over after a fresh subscription; lines produced before it no longer count."""
+        self.acked_through = self.produced
+        self.failed = False
+        self.safe = None
+        self._acked_ahead.clear()
+        self._checkpoints.clear()
+
+    def _release(self) -> None:
+        if self.failed:
+            return
+        while self._checkpoints and self._checkpoints[0][0] <= self.acked_through:
+            self.safe = self._checkpoints.popleft()[1]
+
+
+def subscription_key(spec: SubscriptionSpec, endpoints: BetfairEndpoints) -> str:
+    """Identifies a subscription in the state file: tokens are only valid for the same stream
+    endpoint, market filter, data filter and conflation."""
+    identity = {
+        "stream": f"{endpoints.stream_host}:{endpoints.stream_port}",
+        "marketFilter": spec.market_filter(),
+        "marketDataFilter": spec.market_data_filter(),
+        "conflateMs": spec.conflate_ms,
+    }
+    return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+class ScoutStateFile:
+    """Resume tokens per subscription in a small JSON file, replaced atomically (temporary file,
+    fsync, rename), so a crash at any moment leaves the previous or the new version."""
+
+    def __init__(self, path: Path, subscription: str) -> None:
+        self.path = path
+        self.subscription = subscription
+        self._entries: dict[str, Any] = {}
+
+    def load(self) -> StreamPosition | None:
+        """This subscription's saved position; None when there is none or the file is
+        unreadable (the scout then subscribes for a fresh image, which is always safe)."""
+        try:
+            data = orjson.loads(self.path.read_bytes())
+            entries = data["subscriptions"]
+            if data.get("version") != 1 or not isinstance(entries, dict):
+                raise ValueError(f"unknown layout (version {data.get('version')!r})")
+            self._entries = entries
+            entry = entries.get(self.subscription)
+            if entry is None:
+                return None
+            return StreamPosition(
+                str(entry["initialClk"]), str(entry["clk"]), int(entry["reachedMs"])
+            )
+        except FileNotFoundError:
+            return None
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            log.warning(
+                "state file %s unusable (%s); subscribing for a fresh image", self.path, exc
+            )
+            self._entries = {}
+            return None
+
+    def save(self, position: StreamPosition | None) -> None:
+        """Write this subscription's position (None: forget it), keeping other subscriptions'."""
+        if position is None:
+            self._entries.pop(self.subscription, None)
+        else:
+            self._entries[self.subscription] = {
+                "initialClk": position.initial_clk,
+                "clk": position.clk,
+                "reachedMs": position.reached_ms,
+                "savedAt": datetime.now(UTC).isoformat(),
+            }
+        payload = orjson.dumps(
+            {"version": 1, "subscriptions": self._entries},
+            option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with temporary.open("wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def lines_on_topic_since(
+    bootstrap: str, topic: str, since_ms: int, timeout_s: float = 30.0
+) -> dict[tuple[str, str | None], Any]:
+    """`(market id, clk) -> mc` of every line on `topic` whose timestamp is `since_ms` or later.
+
+    With `since_ms` the moment a saved position was reached, that is what the previous process
+    delivered beyond it. Raises `KafkaException` when the topic cannot be read in time.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"velo-scout-resume-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "logger": logging.getLogger("velo.scout.kafka"),
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return {}
+        starts = consumer.offsets_for_times(
+            [TopicPartition(topic, p, since_ms) for p in metadata.partitions], timeout=timeout_s
+        )
+        ends: dict[int, int] = {}
+        for start in starts:
+            _, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, start.partition), timeout=timeout_s
+            )
+            if 0 <= start.offset < high:
+                ends[start.partition] = high
+        consumer.assign([s for s in starts if s.partition in ends])
+        found: dict[tuple[str, str | None], Any] = {}
+        deadline = time.monotonic() + timeout_s
+        while ends:
+            if time.monotonic() > deadline:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"reading {topic}"))
+            for message in consumer.consume(1000, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                try:
+                    line = orjson.loads(message.value() or b"")
+                    found[(message.key().decode(), line.get("clk"))] = line.get("mc")
+                except (orjson.JSONDecodeError, AttributeError, UnicodeDecodeError):
+                    pass
+                if message.offset() >= ends.get(message.partition(), 0) - 1:
+                    ends.pop(message.partition(), None)
+        return found
+    finally:
+        consumer.close()
+
+
+# --------------------------------------------------------------------------------------------
 # Sinks
 # --------------------------------------------------------------------------------------------
 
@@ -319,7 +527,8 @@ class KafkaMcmSink:
     """Idempotent Kafka producer for stream lines (key = market id) and dead letters.
 
     `on_failure` runs (in the caller's thread, from `poll`) when a line could not be delivered
-    after librdkafka's retries, so the scout can resubscribe for a fresh image.
+    after librdkafka's retries, so the scout can resubscribe for a fresh image. `ledger`
+    follows which lines Kafka acknowledged.
     """
 
     def __init__(
@@ -333,10 +542,12 @@ class KafkaMcmSink:
         delivery_timeout_ms: int = 300_000,
         on_failure: Callable[[], None] | None = None,
     ) -> None:
+        self.bootstrap = bootstrap
         self.topic = topic
         self.dead_letter_topic = dead_letter_topic
         self.metrics = metrics
         self.on_failure = on_failure
+        self.ledger = DeliveryLedger()
         self.stopping = False  # set on shutdown: a full queue then fails the line, not hangs
         self._failure_log = RateLimitedLog(log, 10.0)
         self._backpressure_log = RateLimitedLog(log, 10.0)
@@ -363,22 +574,39 @@ class KafkaMcmSink:
         if message.topic() == self.topic and self.on_failure is not None:
             self.on_failure()
 
-    def _produce(self, topic: str, key: bytes, value: bytes) -> None:
+    def _line_delivered(self, number: int, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            self.ledger.acked(number)
+        else:
+            self.ledger.lost(number)
+        self._delivered(error, message)
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> bool:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
-                return
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                return True
             except BufferError:
                 # Local queue full (broker slow or down): wait rather than drop the line.
                 if self.stopping:
                     self.metrics.delivery_failures += 1
                     log.error("Kafka producer queue full at shutdown: a line to %s is lost", topic)
-                    return
+                    return False
                 self._backpressure_log.warning("Kafka producer queue full; waiting")
                 self._producer.poll(0.1)
 
     def publish(self, market_id: str, line: bytes) -> None:
-        self._produce(self.topic, market_id.encode(), line)
+        number = self.ledger.produce()
+        if not self._produce(
+            self.topic, market_id.encode(), line, partial(self._line_delivered, number)
+        ):
+            self.ledger.lost(number)
         self.metrics.messages_produced += 1
 
     def dead_letter(self, reason: str, raw: bytes) -> None:
@@ -388,7 +616,7 @@ class KafkaMcmSink:
             "at": datetime.now(UTC).isoformat(),
             "raw": raw.decode("utf-8", "replace"),
         }
-        self._produce(self.dead_letter_topic, b"scout", orjson.dumps(record))
+        self._produce(self.dead_letter_topic, b"scout", orjson.dumps(record), self._delivered)
         self.metrics.dead_letters += 1
 
     def poll(self) -> None:
@@ -446,7 +674,8 @@ class RawLineListener(BaseListener):
     """betfairlightweight listener that forwards raw `mcm` lines instead of building caches.
 
     It keeps the `initialClk`/`clk` tokens of the last line it handed on, which are exactly
-    what a resubscription must carry to resume without a gap or a duplicate.
+    what a resubscription must carry to resume without a gap or a duplicate, and reports each
+    new position to `on_position`.
     """
 
     def __init__(
@@ -458,12 +687,14 @@ class RawLineListener(BaseListener):
         max_latency_s: float,
         latency_log_interval_s: float,
         on_tick: Callable[[], None] = lambda: None,
+        on_position: Callable[[StreamPosition], None] = lambda position: None,
     ) -> None:
         super().__init__(max_latency=max_latency_s)
         self.forward = forward
         self.dead_letter = dead_letter
         self.metrics = metrics
         self.on_tick = on_tick
+        self.on_position = on_position
         self.last_error: tuple[str, str] | None = None
         self._initial_clk: str | None = None
         self._clk: str | None = None
@@ -489,6 +720,10 @@ class RawLineListener(BaseListener):
     def reset_clock(self) -> None:
         """Forget the tokens: the next subscription starts with a full image."""
         self._initial_clk = self._clk = None
+
+    def restore(self, position: StreamPosition) -> None:
+        """Resume from a saved position (the next subscription carries its tokens)."""
+        self._initial_clk, self._clk = position.initial_clk, position.clk
 
     def on_data(self, raw_data: str) -> bool | None:
         raw = raw_data.encode()
@@ -562,6 +797,8 @@ class RawLineListener(BaseListener):
             self._initial_clk = message["initialClk"]
         if message.get("clk"):
             self._clk = message["clk"]
+        if self._initial_clk and self._clk:
+            self.on_position(StreamPosition(self._initial_clk, self._clk, int(time.time() * 1000)))
 
 
 class VerifiedBetfairStream(BetfairStream):
@@ -582,6 +819,20 @@ class VerifiedBetfairStream(BetfairStream):
         self.host = host
         self.port = port
         self._ssl_context = ssl_context
+
+    def stop(self) -> None:
+        """Stop reading and close the socket; safe when `Scout.stop` (another thread) and the
+        ending read loop stop the stream at the same time."""
+        self._running = False
+        sock = self._socket
+        if sock is None:
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()
+        if self._socket is sock:
+            self._socket = None
 
     def _create_socket(self) -> socket.socket:
         raw = socket.create_connection((self.host, self.port), timeout=self.timeout)
@@ -607,10 +858,16 @@ class ScoutOptions:
     socket_timeout_s: float | None = None
     """Default: three heartbeat intervals plus a second, so a dead link is noticed quickly."""
     use_certs: bool = field(default=False)
+    state_interval_s: float = 1.0
+    """Least time between two state-file writes (the final position is always written)."""
 
 
 class Scout:
-    """Login, subscribe, forward, reconnect: the `velo scout` loop."""
+    """Login, subscribe, forward, reconnect: the `velo scout` loop.
+
+    With a `state` file, the position Kafka fully holds is saved at most every
+    `options.state_interval_s` and on shutdown, and a new scout resumes from it.
+    """
 
     def __init__(
         self,
@@ -621,6 +878,7 @@ class Scout:
         metrics: ScoutMetrics,
         options: ScoutOptions,
         recorder: MarketRecorder | None = None,
+        state: ScoutStateFile | None = None,
     ) -> None:
         self.client = client
         self.spec = spec
@@ -629,6 +887,7 @@ class Scout:
         self.metrics = metrics
         self.options = options
         self.recorder = recorder
+        self.state = state
         self.listener = RawLineListener(
             self._forward,
             sink.dead_letter,
@@ -636,6 +895,7 @@ class Scout:
             max_latency_s=options.max_latency_s,
             latency_log_interval_s=options.latency_log_interval_s,
             on_tick=self._tick,
+            on_position=sink.ledger.checkpoint,
         )
         sink.on_failure = self._request_resync
         self._ssl_context = endpoints.ssl_context()
@@ -643,6 +903,11 @@ class Scout:
         self._resync = False
         self._stream: VerifiedBetfairStream | None = None
         self._last_metrics_log = time.monotonic()
+        self._saved: StreamPosition | None = None
+        self._last_save = float("-inf")
+        self._state_log = RateLimitedLog(log, 60.0)
+        self._on_topic: dict[tuple[str, str | None], Any] = {}
+        """Lines the previous process delivered after the saved position (not produced again)."""
 
     def stop(self) -> None:
         """Ask the loop to end (safe from a signal handler); `run` then flushes and returns."""
@@ -652,19 +917,81 @@ class Scout:
             self._stream.stop()
 
     def _forward(self, market_id: str, line: bytes) -> None:
+        if self._on_topic and self._already_on_topic(market_id, line):
+            self.metrics.duplicates_skipped += 1
+            return
         self.sink.publish(market_id, line)
         if self.recorder is not None:
             self.recorder.write(market_id, line)
             self.metrics.recorded_lines += 1
 
+    def _already_on_topic(self, market_id: str, line: bytes) -> bool:
+        """Whether Kafka got this resent line from the previous process: same market, same
+        `clk` and the same change. A fresh image makes the earlier lines irrelevant."""
+        message = orjson.loads(line)
+        if message.get("ct") == "SUB_IMAGE":
+            self._on_topic.clear()
+            return False
+        delivered = self._on_topic.pop((market_id, message.get("clk")), None)
+        return delivered is not None and delivered == message.get("mc")
+
     def _tick(self) -> None:
         self.sink.poll()
+        now = time.monotonic()
+        if self.state is not None and now - self._last_save >= self.options.state_interval_s:
+            self._save_state(self.sink.ledger.safe)
         if self.recorder is not None:
             self.recorder.maybe_flush()
         now = time.monotonic()
         if now - self._last_metrics_log >= self.options.metrics_interval_s:
             self._last_metrics_log = now
             log.info("scout metrics %s", orjson.dumps(self.metrics.as_dict()).decode())
+
+    def _save_state(self, position: StreamPosition | None) -> None:
+        """Write the position Kafka holds to the state file if it moved since the last write."""
+        if position is not None and position != self._saved:
+            self._write_state(position)
+
+    def _write_state(self, position: StreamPosition | None) -> None:
+        assert self.state is not None
+        try:
+            self.state.save(position)
+        except OSError as exc:
+            self._state_log.warning("cannot write the state file %s: %s", self.state.path, exc)
+            return
+        self._saved = position
+        self._last_save = time.monotonic()
+        self.metrics.state_saves += 1
+
+    def _forget_position(self) -> None:
+        """Before a fresh image: no tokens anywhere, so nothing resumes into the old stream."""
+        self.listener.reset_clock()
+        self.sink.ledger.reset()
+        self._on_topic.clear()
+        if self.state is not None:
+            self._write_state(None)
+
+    def _resume_from_state(self) -> None:
+        """Load the saved position and read back what Kafka already holds beyond it."""
+        assert self.state is not None
+        position = self.state.load()
+        if position is None:
+            return
+        self.listener.restore(position)
+        self._saved = position
+        self.metrics.resumed_from_state = 1
+        log.info("resuming from the position saved in %s", self.state.path)
+        try:
+            self._on_topic = lines_on_topic_since(
+                self.sink.bootstrap, self.sink.topic, position.reached_ms
+            )
+        except KafkaException as exc:
+            log.warning(
+                "cannot read back %s (%s): lines Kafka got after the saved position will be "
+                "produced again",
+                self.sink.topic,
+                exc,
+            )
 
     def _request_resync(self) -> None:
         self._resync = True
@@ -688,6 +1015,8 @@ class Scout:
         backoff = Backoff(self.options.backoff_initial_s, self.options.backoff_max_s)
         timeout_s = self.options.socket_timeout_s or 3 * self.spec.heartbeat_ms / 1000 + 1
         try:
+            if self.state is not None:
+                self._resume_from_state()
             self._login(backoff)
             while not self._stop.is_set():
                 if self.client.session_expired:
@@ -709,7 +1038,7 @@ class Scout:
                 if self._resync:
                     self._resync = False
                     self.metrics.resyncs += 1
-                    self.listener.reset_clock()
+                    self._forget_position()
                     log.warning("resubscribing for a fresh image after lost deliveries")
                 if self.metrics.lines_received - received_before > 2:
                     backoff.reset()  # that connection was healthy: reconnect promptly
@@ -754,7 +1083,7 @@ class Scout:
             self.client.client_logout()
         elif code == "INVALID_CLOCK":
             log.warning("stream rejected the resume tokens; subscribing for a fresh image")
-            self.listener.reset_clock()
+            self._forget_position()
 
     def _shutdown(self) -> None:
         if self._stream is not None:
@@ -765,6 +1094,8 @@ class Scout:
         if undelivered:
             self.metrics.delivery_failures += undelivered
             log.error("%d lines still undelivered to Kafka at shutdown", undelivered)
+        if self.state is not None:
+            self._save_state(self.sink.ledger.safe)
         log.info("scout stopped %s", orjson.dumps(self.metrics.as_dict()).decode())
 
 
@@ -777,8 +1108,12 @@ __all__ = [
     "ScoutError",
     "ScoutMetrics",
     "ScoutOptions",
+    "ScoutStateFile",
+    "StreamPosition",
     "SubscriptionSpec",
+    "lines_on_topic_since",
     "login",
     "make_api_client",
     "split_by_market",
+    "subscription_key",
 ]

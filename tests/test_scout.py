@@ -2,7 +2,8 @@
 
 The scout runs as a subprocess (`python -m cli.main scout`), exactly as in production; only
 Betfair's servers are local (TLS, the real protocol, recorded market data). Every test compares
-what lands on Kafka with the recorded file, market by market.
+what lands on Kafka with the recorded file, market by market, including across a SIGKILL and a
+restart from the state file.
 """
 
 from __future__ import annotations
@@ -25,16 +26,22 @@ from confluent_kafka import Consumer
 
 from connectors.betfair_live import (
     BetfairEndpoints,
+    DeliveryLedger,
     KafkaMcmSink,
     MarketRecorder,
     Scout,
     ScoutMetrics,
     ScoutOptions,
+    ScoutStateFile,
+    StreamPosition,
     SubscriptionSpec,
     make_api_client,
     split_by_market,
+    subscription_key,
 )
 from connectors.settings import Settings
+from operators.market_book import MarketBook
+from operators.stream_messages import parse_line
 from tests.betfair_stream_server import (
     BetfairApiServer,
     BetfairStreamServer,
@@ -44,6 +51,7 @@ from tests.betfair_stream_server import (
     conflate,
     make_tls_material,
     market_changes_by_market,
+    read_stream_lines,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +63,7 @@ ALL_FIELDS = (
 LIVE_CAPTURE = "1.185781277.bz2"  # raw live stream: SUB_IMAGE, initialClk, batb/batl
 HISTORICAL = "1.127236622.bz2"  # historical-file layout, 16,096 lines
 FOOTBALL = "1.242971311.bz2"  # ~200 markets per stream, many lines with several markets
+GREYHOUND = "1.197931750"  # 166 lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +174,41 @@ def by_market(messages: list[Any]) -> dict[str, list[dict[str, Any]]]:
     return grouped
 
 
+def subscriptions_of(server: BetfairStreamServer) -> list[dict[str, Any]]:
+    return [
+        request
+        for connection in server.connections
+        for request in connection.requests
+        if request.get("op") == "marketSubscription"
+    ]
+
+
+def final_books(lines: list[bytes]) -> dict[str, list[dict[str, Any]]]:
+    """Per market, every runner's end state after applying `lines` in order (the shape of
+    `velo replay --snapshot-out`)."""
+    books: dict[str, MarketBook] = {}
+    for position, line in enumerate(lines):
+        for change in parse_line(line, "test", position).changes:
+            book = books.setdefault(change.market_id, MarketBook(change.market_id))
+            book.apply(change.change, change.publish_time_ms, None)
+    return {
+        market_id: [runner.snapshot(market_id) for runner in book.runners.values()]
+        for market_id, book in books.items()
+    }
+
+
+def scout_settings(tls: TlsMaterial, api: BetfairApiServer) -> Settings:
+    return Settings(
+        betfair_username=USERNAME,
+        betfair_password=PASSWORD,
+        betfair_app_key=APP_KEY,
+        betfair_certs_dir=tls.certs_dir,
+        betfair_identity_url=api.identity_url,
+        betfair_api_url=api.api_url,
+        betfair_ca_file=tls.ca_file,
+    )
+
+
 def expected_changes(betfair_dir: Path, *names: str) -> dict[str, list[dict[str, Any]]]:
     """What a live client must see per market: the file's changes, the first one an image."""
     expected: dict[str, list[dict[str, Any]]] = {}
@@ -214,6 +258,55 @@ def test_recorder_files_survive_appends_and_read_back(tmp_path: Path) -> None:
     with gzip.open(tmp_path / "1.5.gz") as handle:
         assert handle.read().splitlines() == [b'{"a":1}', b'{"a":2}']
     assert gzip.decompress((tmp_path / "1.6.gz").read_bytes()) == b'{"b":1}\n'
+
+
+def test_ledger_makes_a_position_safe_only_when_every_earlier_line_is_acked() -> None:
+    ledger = DeliveryLedger()
+    a, b, c, d = (StreamPosition("i", clk, 0) for clk in "abcd")
+    first = ledger.produce()
+    ledger.checkpoint(a)
+    second, third = ledger.produce(), ledger.produce()
+    ledger.checkpoint(b)
+    ledger.acked(third)  # another partition answered first
+    assert ledger.safe is None
+    ledger.acked(first)
+    assert ledger.safe == a
+    ledger.acked(second)
+    assert ledger.safe == b
+    ledger.checkpoint(c)  # a heartbeat: no new line, safe at once
+    assert ledger.safe == c
+
+    lost, after = ledger.produce(), ledger.produce()
+    ledger.checkpoint(d)
+    ledger.lost(lost)
+    ledger.acked(after)
+    assert ledger.safe == c  # never past a line Kafka does not hold
+    ledger.reset()  # fresh image
+    assert ledger.safe is None and not ledger.failed
+    ledger.acked(after)  # late answers from before the reset change nothing
+    ledger.checkpoint(d)
+    assert ledger.safe == d
+
+
+def test_state_file_keeps_positions_per_subscription(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "scout.json"
+    endpoints = BetfairEndpoints("localhost", 443)
+    horses = subscription_key(SubscriptionSpec(), endpoints)
+    dogs = subscription_key(SubscriptionSpec(event_type_ids=("4339",)), endpoints)
+    assert horses != dogs
+    assert horses == subscription_key(SubscriptionSpec(heartbeat_ms=500), endpoints)
+    ScoutStateFile(path, dogs).save(StreamPosition("d0", "d1", 5))
+    horse_state = ScoutStateFile(path, horses)
+    assert horse_state.load() is None
+    horse_state.save(StreamPosition("h0", "h1", 7))
+    assert ScoutStateFile(path, horses).load() == StreamPosition("h0", "h1", 7)
+    assert ScoutStateFile(path, dogs).load() == StreamPosition("d0", "d1", 5)
+    horse_state.save(None)
+    assert ScoutStateFile(path, horses).load() is None
+    assert ScoutStateFile(path, dogs).load() == StreamPosition("d0", "d1", 5)
+    assert [p.name for p in path.parent.iterdir()] == ["scout.json"]  # no temporary left
+    path.write_bytes(b'{"version": 1, "subscriptions": {"')  # torn by hand: fresh image
+    assert ScoutStateFile(path, horses).load() is None
 
 
 def test_conflation_and_field_filter_match_betfairlightweight_state(betfair_dir: Path) -> None:
@@ -462,15 +555,7 @@ def test_lost_deliveries_trigger_a_fresh_image(
     betfair_dir: Path, tls: TlsMaterial, api: BetfairApiServer
 ) -> None:
     """A line Kafka never took cannot be resent: the scout resubscribes without tokens."""
-    settings = Settings(
-        betfair_username=USERNAME,
-        betfair_password=PASSWORD,
-        betfair_app_key=APP_KEY,
-        betfair_certs_dir=tls.certs_dir,
-        betfair_identity_url=api.identity_url,
-        betfair_api_url=api.api_url,
-        betfair_ca_file=tls.ca_file,
-    )
+    settings = scout_settings(tls, api)
     metrics = ScoutMetrics()
     # Nothing listens on port 1: librdkafka gives up on each line after the delivery timeout.
     sink = KafkaMcmSink("127.0.0.1:1", "unused", "unused", metrics, delivery_timeout_ms=1500)
@@ -576,3 +661,150 @@ def test_recording_replays_to_the_same_rows_as_the_original_file(
         with psycopg.connect(pg_url, autocommit=True) as conn:
             for name in names:
                 conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+# --------------------------------------------------------------------------------------------
+# restarts: the state file
+# --------------------------------------------------------------------------------------------
+
+
+def test_scout_killed_and_restarted_resumes_from_the_state_file(
+    betfair_dir: Path,
+    tls: TlsMaterial,
+    api: BetfairApiServer,
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    """SIGKILL mid-stream, restart with the same state file: the topic holds every line once,
+    in order, after the one image; the books end as a straight run's."""
+    feed = RecordedFeed([betfair_dir / LIVE_CAPTURE, betfair_dir / HISTORICAL])
+    topic, dead_letters = kafka_topic(partitions=4), kafka_topic(partitions=1)
+    expected = expected_changes(betfair_dir, LIVE_CAPTURE, HISTORICAL)
+    total = sum(len(changes) for changes in expected.values())
+    state_file = tmp_path / "scout-state.json"
+    # One state write early on (then none until shutdown): the killed scout leaves thousands of
+    # lines on the topic beyond the saved position, which the restarted one must not repeat.
+    args = ("--fields", ALL_FIELDS, "--heartbeat-ms", "500", "--state-interval", "3600")
+    with BetfairStreamServer(
+        feed, tls, app_key=APP_KEY, valid_sessions=api.valid_sessions, pause_every=(500, 0.1)
+    ) as server:
+        env = scout_env(tls, api, server.port, kafka_bootstrap, topic, dead_letters)
+        first = start_scout(env, *args, "--state-file", str(state_file))
+        try:
+            deadline = time.monotonic() + 60
+            while server.connections == [] or server.connections[0].data_messages_sent < 8_000:
+                assert first.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+        finally:
+            first.kill()  # SIGKILL: no flush, no final state write
+            _, first_stderr = first.communicate(timeout=30)
+        assert first.returncode == -signal.SIGKILL, first_stderr
+        saved = orjson.loads(state_file.read_bytes())["subscriptions"]
+        [(key, entry)] = saved.items()
+        assert entry["initialClk"] == feed.initial_clk
+        saved_at = feed.position_of(entry["initialClk"], entry["clk"])
+        assert saved_at is not None and saved_at < 8_000
+
+        # The restart reads the state file from the environment this time.
+        restarted = start_scout({**env, "VELO_SCOUT_STATE_FILE": str(state_file)}, *args)
+        try:
+            messages = consume(
+                kafka_bootstrap, topic, total, alive=lambda: restarted.poll() is None
+            )
+        finally:
+            code, metrics, stderr = stop_scout(restarted)
+    assert code == 0, stderr
+
+    # The restart resubscribed from the saved tokens, not for a fresh image.
+    subscriptions = subscriptions_of(server)
+    assert len(subscriptions) == 2
+    assert (subscriptions[1]["initialClk"], subscriptions[1]["clk"]) == (
+        entry["initialClk"],
+        entry["clk"],
+    )
+    assert server.connections[1].resumed_from == [saved_at]
+    assert metrics["resumed_from_state"] == 1 and metrics["sub_images"] == 0
+    # Everything between the saved position and the kill was already on Kafka.
+    assert metrics["duplicates_skipped"] > 1_000
+    assert metrics["messages_delivered"] + metrics["duplicates_skipped"] >= total - 8_000
+
+    # Every line exactly once, in order, per market: one image, then each change once.
+    received = by_market(messages)
+    assert sorted(received) == sorted(expected)
+    for market_id, lines in received.items():
+        assert [line["mc"] for line in lines] == [[c] for c in expected[market_id]], market_id
+    change_types = [line.get("ct") for lines in received.values() for line in lines]
+    assert change_types.count("SUB_IMAGE") == 1
+
+    # Same books as a straight run over the recorded files.
+    on_kafka = [m.value() for m in sorted(messages, key=lambda m: (m.partition(), m.offset()))]
+    straight = [
+        line
+        for name in (LIVE_CAPTURE, HISTORICAL)
+        for line in read_stream_lines(betfair_dir / name)
+    ]
+    assert final_books(on_kafka) == final_books(straight)
+
+    # A clean stop wrote the final position: the end of the feed.
+    final = orjson.loads(state_file.read_bytes())["subscriptions"][key]
+    assert feed.position_of(final["initialClk"], final["clk"]) == len(feed)
+
+
+def test_rejected_saved_tokens_fall_back_to_a_fresh_image(
+    betfair_dir: Path,
+    tls: TlsMaterial,
+    api: BetfairApiServer,
+    kafka_bootstrap: str,
+    kafka_topic: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    """Tokens the stream does not accept (another feed, expired): INVALID_CLOCK, then a fresh
+    image, and the state file gets the new stream's tokens."""
+    feed = RecordedFeed([betfair_dir / GREYHOUND])
+    topic, dead_letters = kafka_topic(partitions=2), kafka_topic(partitions=1)
+    expected = expected_changes(betfair_dir, GREYHOUND)
+    total = sum(len(changes) for changes in expected.values())
+    metrics = ScoutMetrics()
+    sink = KafkaMcmSink(kafka_bootstrap, topic, dead_letters, metrics)
+    spec = SubscriptionSpec(
+        event_type_ids=("4339",), fields=tuple(ALL_FIELDS.split(",")), heartbeat_ms=500
+    )
+    with BetfairStreamServer(
+        feed, tls, app_key=APP_KEY, valid_sessions=api.valid_sessions
+    ) as server:
+        endpoints = BetfairEndpoints(
+            "localhost", server.port, api.identity_url, api.api_url, tls.ca_file
+        )
+        state = ScoutStateFile(tmp_path / "state.json", subscription_key(spec, endpoints))
+        state.save(StreamPosition("from-another-stream", "AAAAAAAB", int(time.time() * 1000)))
+        scout = Scout(
+            make_api_client(scout_settings(tls, api), endpoints),
+            spec,
+            endpoints,
+            sink,
+            metrics,
+            ScoutOptions(backoff_initial_s=0.1, use_certs=True, state_interval_s=0.0),
+            state=state,
+        )
+        runner = threading.Thread(target=scout.run)
+        runner.start()
+        try:
+            deadline = time.monotonic() + 30
+            while metrics.messages_delivered < total or metrics.heartbeats == 0:
+                assert time.monotonic() < deadline, metrics
+                time.sleep(0.05)
+        finally:
+            scout.stop()
+            runner.join(30)
+    assert not runner.is_alive()
+    subscriptions = subscriptions_of(server)
+    assert subscriptions[0]["initialClk"] == "from-another-stream"
+    assert subscriptions[1].get("initialClk") is None and subscriptions[1].get("clk") is None
+    assert metrics.status_failures == 1 and metrics.sub_images == 1
+    assert metrics.resumed_from_state == 1 and metrics.state_saves >= 2  # cleared, then new
+    saved = ScoutStateFile(tmp_path / "state.json", subscription_key(spec, endpoints)).load()
+    assert saved is not None and saved.initial_clk == feed.initial_clk
+    assert feed.position_of(saved.initial_clk, saved.clk) == len(feed)
+    received = by_market(consume(kafka_bootstrap, topic, total))
+    assert [line["mc"] for line in received[GREYHOUND]] == [[c] for c in expected[GREYHOUND]]
