@@ -66,7 +66,11 @@ def online_input_names(model: TwoStageModel) -> tuple[str, ...]:
 
 def period_metrics(model: TwoStageModel, data: RaceSet) -> dict[str, Any]:
     """Log losses, pseudo-R²s, AUCs and top-pick rates of the four models on one period."""
-    predictions = predict_period(model, data)
+    return metrics_from_predictions(predict_period(model, data), data)
+
+
+def metrics_from_predictions(predictions: PeriodPredictions, data: RaceSet) -> dict[str, Any]:
+    """The same metrics from given predictions (e.g. walk-forward ones made during training)."""
     won, races = data.won, data.races
     winners = won > 0
     metrics: dict[str, Any] = {

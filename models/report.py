@@ -120,7 +120,8 @@ def write_report(run: EvaluationRun, version: ModelVersion, out_dir: Path) -> Pa
         f"Stage 1: design `{meta['stage1']['variant']}`; fundamental model L2 = "
         f"{meta['stage1']['fundamental_l2']}; the combination uses the "
         f"`{meta['stage1']['combination_source']}` stage-1 model (L2 = "
-        f"{meta['stage1']['combination_l2']}). "
+        f"{meta['stage1']['combination_l2']}); both refitted on the races up to "
+        f"{meta['stage1'].get('fitted_until', meta['data_window']['train_until'])}. "
         f"Stage 2: α = {_fmt(meta['stage2']['alpha'])}, β = {_fmt(meta['stage2']['beta'])}; "
         f"recalibrated market β = {_fmt(meta['stage2']['market_beta'])} "
         "(β ≠ 1 is the favourite–longshot correction; β > 1: longshots are over-bet).",

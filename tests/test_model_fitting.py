@@ -15,7 +15,7 @@ from models.dataset import race_set_from_frame
 from models.design import RACE_STD_FLOOR, race_z_scores
 from models.segments import RaceBlocks
 from models.synthetic import synthetic_training_frame
-from models.training import train_two_stage
+from models.training import train_two_stage, validation_folds
 from models.two_stage import fit_market_residual, fit_stage2
 
 VARIANTS = ("linear", "race_relative")
@@ -193,3 +193,30 @@ def test_train_two_stage_picks_l2_on_validation_and_never_reads_test(synthetic_r
     np.testing.assert_array_equal(again.model.combination_weights, model.combination_weights)
     np.testing.assert_array_equal(again.model.fundamental_weights, model.fundamental_weights)
     assert again.model.alpha == model.alpha
+    # Stage 1 is refitted on training + validation races, so validation results do matter.
+    valid_runners = (
+        (synthetic_races.race_dates > np.datetime64(train_until))
+        & (synthetic_races.race_dates <= np.datetime64(valid_until))
+    )[synthetic_races.races.index]
+    changed = synthetic_races.won.copy()
+    changed[valid_runners] = np.roll(changed[valid_runners], 1)
+    refit = train_two_stage(
+        replace(synthetic_races, won=changed),
+        train_until,
+        valid_until,
+        l2_grid=(model.combination_l2,),
+        variants=(model.design.variant,),
+        sources=(model.combination_source,),
+        with_online=False,
+    )
+    assert not np.allclose(refit.model.combination_weights, model.combination_weights)
+
+
+def test_validation_folds_walk_forward_by_year() -> None:
+    assert validation_folds(date(2021, 8, 31), date(2023, 8, 31)) == [
+        (date(2021, 8, 31), date(2022, 8, 31)),
+        (date(2022, 8, 31), date(2023, 8, 31)),
+    ]
+    assert validation_folds(date(2021, 8, 31), date(2022, 3, 1)) == [
+        (date(2021, 8, 31), date(2022, 3, 1))
+    ]

@@ -50,6 +50,13 @@ FEATURES = {
     "market_prob_last_log": "log of field-size-scaled market probability at the last run.",
     "best_perf_vs_rating": "Best performance rating of the career minus today's rating.",
     "quick_backup": "1 when the last run was 10 days ago or less.",
+    "beat_market_avg_3": "Mean of (market rank − finishing rank, both scaled 0..1) over the last "
+    "3 runs: how much better than its odds the horse ran.",
+    "beat_market_ewm": "Exponentially weighted (α 0.3 per run) beat-the-market measure, all runs.",
+    "perf_vs_rating_ewm": "Exponentially weighted performance rating (α 0.3 per run) minus "
+    "today's rating.",
+    "weight_vs_rating_rel": "(Rating − weight carried) minus the race median: lbs of allowance "
+    "(apprentice claim) or of being out of the handicap.",
 }
 
 
@@ -84,6 +91,10 @@ COVERAGE = {
     "market_prob_last_log": known("h_market_prob_0"),
     "best_perf_vs_rating": known("h_best_perf_rating"),
     "quick_backup": _HISTORY,
+    "beat_market_avg_3": any_known(*[f"h_beat_market_{lag}" for lag in _LAGS]),
+    "beat_market_ewm": known("h_beat_market_ewm"),
+    "perf_vs_rating_ewm": known("h_perf_rating_ewm"),
+    "weight_vs_rating_rel": _RATED,
 }
 
 
@@ -99,6 +110,7 @@ def compute(frame: pl.DataFrame) -> pl.DataFrame:
     performance = [f"h_perf_rating_{lag}" for lag in range(LAGS)]
     best_performance = pl.max_horizontal([pl.col(c) for c in performance])
     avg_vs_rating = (mean_of(performance) - rating).fill_null(0.0)
+    allowance = rating - pl.col("weight_carried_lbs")
     return frame.with_columns(
         official_rating=rating,
         official_rating_rel=rel(rating),
@@ -126,4 +138,8 @@ def compute(frame: pl.DataFrame) -> pl.DataFrame:
         market_prob_last_log=(pl.col(market[0]) * pl.col("field_size")).log().fill_null(0.0),
         best_perf_vs_rating=(pl.col("h_best_perf_rating") - rating).fill_null(0.0),
         quick_backup=(days_since("h_as_of") <= 10).fill_null(False).cast(pl.Float64),
+        beat_market_avg_3=mean_of([f"h_beat_market_{lag}" for lag in range(LAGS)]).fill_null(0.0),
+        beat_market_ewm=pl.col("h_beat_market_ewm").fill_null(0.0),
+        perf_vs_rating_ewm=(pl.col("h_perf_rating_ewm") - rating).fill_null(0.0),
+        weight_vs_rating_rel=allowance - allowance.median().over("race_id"),
     )

@@ -151,6 +151,10 @@ def _with_outcome_measures(runs: pl.DataFrame) -> pl.DataFrame:
         market_prob=pl.when(pl.col("win_odds") >= 1.0).then(
             (1.0 - WIN_POOL_TAKEOUT) / pl.col("win_odds")
         ),
+        beat_market=pl.when(pl.col("complete_field") & (pl.col("win_odds") >= 1.0)).then(
+            ((pl.col("win_odds").rank("average").over("race_id") - 1.0) / span).clip(0.0, 1.0)
+            - finish_pct.fill_null(1.0)
+        ),
         won=pl.col("won").fill_null(0.0),
         placed=(pl.col("finish_position") <= 3).cast(pl.Float64).fill_null(0.0),
         par_key=pl.format("{}|{}|{}", "venue", "surface", "distance_m"),

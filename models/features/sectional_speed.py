@@ -22,6 +22,7 @@ FEATURES = {
     "early_position_rel": "early_position_avg_3 minus the race mean (pace map position).",
     "late_gain_avg_3": "Mean places gained from the second-last call to the finish / field.",
     "pace_pressure": "Share of rivals that usually lead early (early position <= 0.25).",
+    "speed_fig_ewm": "Exponentially weighted speed figure over all runs (α 0.3 per run).",
 }
 
 
@@ -36,6 +37,7 @@ COVERAGE = {
     "early_position_rel": any_known(*_EARLY),
     "late_gain_avg_3": any_known(*[f"h_late_gain_{lag}" for lag in range(LAGS)]),
     "pace_pressure": ALWAYS,
+    "speed_fig_ewm": known("h_speed_fig_ewm"),
 }
 
 
@@ -51,6 +53,7 @@ def compute(frame: pl.DataFrame) -> pl.DataFrame:
         speed_fig_avg_3=fill_from_race(mean_of(speed), TYPICAL_SPEED_FIG),
         early_position_avg_3=early_avg,
         late_gain_avg_3=mean_of(gains).fill_null(0.0),
+        speed_fig_ewm=fill_from_race(pl.col("h_speed_fig_ewm"), TYPICAL_SPEED_FIG),
     )
     leaders = (pl.col("early_position_avg_3") <= EARLY_LEADER_PCT).cast(pl.Float64)
     others = (pl.col("field_size").cast(pl.Float64) - 1.0).clip(lower_bound=1.0)

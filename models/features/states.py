@@ -25,7 +25,7 @@ FRESH_AFTER_DAYS = 60
 LAGS = 3
 HORSE_LAGGED = (
     "finish_pct", "beaten_lengths", "speed_fig", "early_pct", "late_gain", "market_prob",
-    "perf_rating", "placed",
+    "perf_rating", "placed", "beat_market",
 )  # fmt: skip
 HORSE_LAST = (
     "official_rating", "class_level", "distance_m", "weight_carried_lbs", "body_weight_lbs",
@@ -50,6 +50,9 @@ SPEED_FIG_RANGE = (-6.0, 3.0)
 # run under more weight is worth more.
 WEIGHT_FIG_PER_LB = 0.044
 WEIGHT_FIG_BASE_LBS = 126.0
+# Weight of the latest run in the horse's exponentially weighted form (older runs fade by 1 - α).
+FORM_EWM_ALPHA = 0.3
+HORSE_EWM = ("speed_fig", "perf_rating", "beat_market")
 # A count column (a bare literal would aggregate to one per group, not one per row).
 ONE = pl.col("_one")
 
@@ -151,6 +154,13 @@ def horse_state(runs: pl.DataFrame) -> pl.DataFrame:
         best_perf_rating=pl.col("perf_rating").cum_max().over("runner_id"),
         season_runs=pl.int_range(1, pl.len() + 1).over("runner_id", "season").cast(pl.Float64),
         **{
+            f"{name}_ewm": pl.col(name)
+            .ewm_mean(alpha=FORM_EWM_ALPHA, ignore_nulls=True)
+            .forward_fill()
+            .over("runner_id")
+            for name in HORSE_EWM
+        },
+        **{
             f"{name}_{lag}": pl.col(name).shift(lag).over("runner_id")
             for name in HORSE_LAGGED
             for lag in range(LAGS)
@@ -166,6 +176,7 @@ def horse_state(runs: pl.DataFrame) -> pl.DataFrame:
         "first_run",
         "best_perf_rating",
         "season_runs",
+        *[f"{name}_ewm" for name in HORSE_EWM],
         *lagged,
         *HORSE_LAST,
     ).sort("as_of")

@@ -28,6 +28,7 @@ FEATURES = {
     "trainer_win_rate_hl60": "Trainer strike rate over a 60-day half-life window.",
     "trainer_win_rate_rel": "trainer_win_rate_hl365 minus the race mean.",
     "trainer_ae_log": "log of trainer actual/market-expected wins (365-day half-life), shrunk.",
+    "jockey_ae_log_hl60": "Jockey actual/market-expected wins over a 60-day half-life (form).",
     "trainer_jockey_win_rate": "This trainer-jockey pair's record, shrunk to the trainer's rate.",
     "jockey_upgrade": "Strike rate of today's jockey minus that of the last run's jockey.",
     "first_run_after_break": f"1 when the last run was {FRESH_AFTER_DAYS}+ days ago.",
@@ -47,6 +48,7 @@ COVERAGE = {
     "trainer_win_rate_hl60": known("t_as_of"),
     "trainer_win_rate_rel": known("t_as_of"),
     "trainer_ae_log": known("t_as_of"),
+    "jockey_ae_log_hl60": known("j_as_of"),
     "trainer_jockey_win_rate": known("tj_as_of"),
     "jockey_upgrade": known("lj_as_of", "j_as_of"),
     "first_run_after_break": known("h_as_of"),
@@ -66,9 +68,9 @@ def _rate(prefix: str, window: str) -> pl.Expr:
     )
 
 
-def _actual_over_expected(prefix: str) -> pl.Expr:
-    wins = decayed(prefix, "wins", "hl365")
-    expected = decayed(prefix, "expected", "hl365")
+def _actual_over_expected(prefix: str, window: str = "hl365") -> pl.Expr:
+    wins = decayed(prefix, "wins", window)
+    expected = decayed(prefix, "expected", window)
     return ((wins + EXPECTED_PRIOR) / (expected + EXPECTED_PRIOR)).log()
 
 
@@ -87,6 +89,7 @@ def compute(frame: pl.DataFrame) -> pl.DataFrame:
         trainer_win_rate_hl60=_rate("t_", "hl60"),
         trainer_win_rate_rel=rel(trainer_rate),
         trainer_ae_log=_actual_over_expected("t_"),
+        jockey_ae_log_hl60=_actual_over_expected("j_", "hl60"),
         trainer_jockey_win_rate=shrunk_rate(
             pl.col("tj_wins"), pl.col("tj_rides"), trainer_rate, PAIR_PRIOR
         ),
