@@ -895,7 +895,7 @@ class Scout:
             max_latency_s=options.max_latency_s,
             latency_log_interval_s=options.latency_log_interval_s,
             on_tick=self._tick,
-            on_position=sink.ledger.checkpoint,
+            on_position=sink.ledger.checkpoint if state is not None else lambda position: None,
         )
         sink.on_failure = self._request_resync
         self._ssl_context = endpoints.ssl_context()
