@@ -219,7 +219,7 @@ def run_scout(args: argparse.Namespace) -> int:
         )
         recorder = MarketRecorder(args.record) if args.record else None
         state = (
-            ScoutStateFile(args.state_file, subscription_key(spec, endpoints))
+            ScoutStateFile(args.state_file, subscription_key(spec, endpoints, sink.topic))
             if args.state_file
             else None
         )

@@ -393,10 +393,12 @@ class DeliveryLedger:
             self.safe = self._checkpoints.popleft()[1]
 
 
-def subscription_key(spec: SubscriptionSpec, endpoints: BetfairEndpoints) -> str:
+def subscription_key(spec: SubscriptionSpec, endpoints: BetfairEndpoints, topic: str) -> str:
     """Identifies a subscription in the state file: tokens are only valid for the same stream
-    endpoint, market filter, data filter and conflation."""
+    endpoint, market filter, data filter and conflation, and they say what one topic holds
+    (resuming into another topic would leave it without images)."""
     identity = {
+        "topic": topic,
         "stream": f"{endpoints.stream_host}:{endpoints.stream_port}",
         "marketFilter": spec.market_filter(),
         "marketDataFilter": spec.market_data_filter(),

@@ -291,10 +291,10 @@ def test_ledger_makes_a_position_safe_only_when_every_earlier_line_is_acked() ->
 def test_state_file_keeps_positions_per_subscription(tmp_path: Path) -> None:
     path = tmp_path / "state" / "scout.json"
     endpoints = BetfairEndpoints("localhost", 443)
-    horses = subscription_key(SubscriptionSpec(), endpoints)
-    dogs = subscription_key(SubscriptionSpec(event_type_ids=("4339",)), endpoints)
-    assert horses != dogs
-    assert horses == subscription_key(SubscriptionSpec(heartbeat_ms=500), endpoints)
+    horses = subscription_key(SubscriptionSpec(), endpoints, "betfair.mcm")
+    dogs = subscription_key(SubscriptionSpec(event_type_ids=("4339",)), endpoints, "betfair.mcm")
+    assert len({horses, dogs, subscription_key(SubscriptionSpec(), endpoints, "other")}) == 3
+    assert horses == subscription_key(SubscriptionSpec(heartbeat_ms=500), endpoints, "betfair.mcm")
     ScoutStateFile(path, dogs).save(StreamPosition("d0", "d1", 5))
     horse_state = ScoutStateFile(path, horses)
     assert horse_state.load() is None
@@ -789,7 +789,7 @@ def test_rejected_saved_tokens_fall_back_to_a_fresh_image(
         endpoints = BetfairEndpoints(
             "localhost", server.port, api.identity_url, api.api_url, tls.ca_file
         )
-        state = ScoutStateFile(tmp_path / "state.json", subscription_key(spec, endpoints))
+        state = ScoutStateFile(tmp_path / "state.json", subscription_key(spec, endpoints, topic))
         state.save(StreamPosition("from-another-stream", "AAAAAAAB", int(time.time() * 1000)))
         scout = Scout(
             make_api_client(scout_settings(tls, api), endpoints),
@@ -816,7 +816,7 @@ def test_rejected_saved_tokens_fall_back_to_a_fresh_image(
     assert subscriptions[1].get("initialClk") is None and subscriptions[1].get("clk") is None
     assert metrics.status_failures == 1 and metrics.sub_images == 1
     assert metrics.resumed_from_state == 1 and metrics.state_saves >= 2  # cleared, then new
-    saved = ScoutStateFile(tmp_path / "state.json", subscription_key(spec, endpoints)).load()
+    saved = ScoutStateFile(tmp_path / "state.json", subscription_key(spec, endpoints, topic)).load()
     assert saved is not None and saved.initial_clk == feed.initial_clk
     assert feed.position_of(saved.initial_clk, saved.clk) == len(feed)
     received = by_market(consume(kafka_bootstrap, topic, total))
