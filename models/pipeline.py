@@ -103,7 +103,10 @@ def train_and_save(
             "valid_dates": result.details["windows"]["validation"],
             "dropped_races": data.dropped,
         },
-        **{key: result.details[key] for key in ("search", "stage1", "stage2", "metrics")},
+        **{
+            key: result.details[key]
+            for key in ("search", "validation_folds", "stage1", "stage2", "metrics")
+        },
         "online": result.details.get("online"),
     }
     save_version(out_dir, result.model, result.online, metadata)
