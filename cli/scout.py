@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -78,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scout.add_argument(
         "--state-file",
         type=Path,
-        default=os.environ.get("VELO_SCOUT_STATE_FILE") or None,
+        default=None,
         help="keep the resume tokens in this file so a restarted scout resumes without a "
         "fresh image (unset: VELO_SCOUT_STATE_FILE; neither: tokens only in memory)",
     )
@@ -218,9 +217,10 @@ def run_scout(args: argparse.Namespace) -> int:
             state_interval_s=args.state_interval,
         )
         recorder = MarketRecorder(args.record) if args.record else None
+        state_file = args.state_file or settings.velo_scout_state_file
         state = (
-            ScoutStateFile(args.state_file, subscription_key(spec, endpoints, sink.topic))
-            if args.state_file
+            ScoutStateFile(state_file, subscription_key(spec, endpoints, sink.topic))
+            if state_file
             else None
         )
         scout = Scout(client, spec, endpoints, sink, metrics, options, recorder, state)

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     velo_topic_predictions: str = Field(
         default="velo.predictions", description="Win probabilities."
     )
+    velo_scout_state_file: Path | None = Field(
+        default=None, description="Where `velo scout` keeps its resume tokens across restarts."
+    )
     redis_url: str | None = Field(
         default=None, description="Redis URL; unset means the in-process online store."
     )
