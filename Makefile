@@ -4,6 +4,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV := .venv
 VELO := $(VENV)/bin/velo
 STAMP := $(VENV)/.installed
+# The compiled operators core (native/, Rust): built into the venv where cargo exists, rebuilt
+# when its sources change. Without cargo everything runs on the Python operators.
+CARGO ?= $(shell command -v cargo || ls $(HOME)/.cargo/bin/cargo 2>/dev/null)
+NATIVE_STAMP := $(VENV)/.native-installed
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 
 .PHONY: demo test venv system-deps services-up services-down lint bench clean
 
@@ -13,7 +18,15 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
+ifeq ($(CARGO),)
+	@echo "cargo not found: velo_native not built, the operators run on the Python implementation"
+else
+	PATH="$(dir $(CARGO)):$$PATH" $(VENV)/bin/pip install -q ./native
+	touch $(NATIVE_STAMP)
+endif
+
+venv: $(STAMP) $(NATIVE_STAMP)
 
 demo: venv
 	$(VELO) demo
@@ -40,4 +53,4 @@ bench: venv
 	$(VENV)/bin/python -m bench.replay
 
 clean:
-	rm -rf $(VENV) .data
+	rm -rf $(VENV) .data native/target

@@ -1,7 +1,7 @@
 """The market dataflow: stream lines → per-market book and windows → database.
 
     lines   [(source, position, raw_line), ...]      one item per source batch
-    routed  (market_id, [MarketChange, ...]) | (BAD_LINES, SinkBatch)
+    routed  (market_id, changes) | (BAD_LINES, SinkBatch)   changes: see operators/native_core
     books   (market_id, SinkBatch)                   rows from the market's state machine
     sinks   database (all batches), summary, snapshot
 
@@ -41,8 +41,8 @@ from connectors.bytewax_io import (
 )
 from connectors.stream_files import expand_paths
 from operators.market_processor import MarketProcessor, SinkBatch, dead_letter_from_bad_line
+from operators.native_core import market_id_of, new_market_processor, route_lines
 from operators.race_scoring import RacecardFeatures, RaceScoringState
-from operators.stream_messages import MarketChange, route_lines
 
 if TYPE_CHECKING:
     from models.live_scoring import LiveRaceScorer
@@ -64,15 +64,16 @@ def _route(lines: list) -> Iterable[tuple[str, object]]:
     yield from routed.by_market.items()
 
 
-class _MarketLogic(StatefulBatchLogic[list[MarketChange], SinkBatch, MarketProcessor]):
-    """Engine shim around MarketProcessor: batch in, one SinkBatch out; flush at EOF."""
+class _MarketLogic(StatefulBatchLogic[object, SinkBatch, MarketProcessor]):
+    """Engine shim around the market processor (native or Python, see
+    `operators.native_core`): batch in, one SinkBatch out; flush at EOF."""
 
     def __init__(self, processor: MarketProcessor | None) -> None:
         self.processor = processor
 
-    def on_batch(self, values: list[list[MarketChange]]) -> tuple[list[SinkBatch], bool]:
+    def on_batch(self, values: list[object]) -> tuple[list[SinkBatch], bool]:
         if self.processor is None:
-            self.processor = MarketProcessor(values[0][0].market_id)
+            self.processor = new_market_processor(market_id_of(values[0]))
         out = SinkBatch()
         for changes in values:
             self.processor.process(changes, out)

@@ -9,8 +9,11 @@ snapshots) is reduced to a sha256 over its records' `repr`s in emission order, s
 any value, its type (`100` vs `100.0`), or the order of records shows up. The data cannot be
 committed, so only the digests are; the test skips when the shared data is absent.
 
+Both implementations are pinned to the same digests: the Python reference and the compiled
+`velo_native` core (skipped when it is not installed).
+
 Regenerate the digests (only after a deliberate change of output) with
-`python -m tests.test_operator_golden`.
+`python -m tests.test_operator_golden` (it runs the Python reference).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import pytest
 
 from connectors.simulator import simulate_day
 from connectors.stream_files import read_lines
-from operators.market_processor import MarketProcessor, SinkBatch
-from operators.stream_messages import BadLine, route_lines
+from operators.market_processor import SinkBatch
+from operators.native_core import NATIVE, PYTHON, Operators
+from operators.stream_messages import BadLine
 
 HORSE_RACING_FILES = [
     "1.127236622.bz2",
@@ -63,22 +67,26 @@ RECORD_KINDS = (
 )
 
 
-def replay(lines: Iterable[tuple[int, bytes | BadLine]], source: str) -> SinkBatch:
+def replay(
+    lines: Iterable[tuple[int, bytes | BadLine]], source: str, operators: Operators = PYTHON
+) -> SinkBatch:
     """All records one stream yields through the operators, in emission order."""
-    processors: dict[str, MarketProcessor] = {}
+    processors: dict[str, object] = {}
     out = SinkBatch()
     batch: list[tuple[str, int, bytes | BadLine]] = []
     batches = 0
 
     def run_batch() -> None:
         nonlocal batches
-        routed = route_lines(batch)
+        routed = operators.route_lines(batch)
         out.dead_letters.extend(routed.bad)
         out.lines += routed.lines
         for market_id, changes in routed.by_market.items():
             processor = processors.get(market_id)
             if processor is None:
-                processor = processors[market_id] = MarketProcessor(market_id, keep_deltas=True)
+                processor = processors[market_id] = operators.new_market_processor(
+                    market_id, keep_deltas=True
+                )
             processor.process(changes, out)
         batch.clear()
         batches += 1
@@ -216,10 +224,20 @@ def stream_lines(name: str, betfair_dir: Path) -> Iterable[tuple[int, bytes | Ba
     return read_lines(betfair_dir / name)
 
 
+@pytest.fixture(params=["python", "native"])
+def operators(request: pytest.FixtureRequest) -> Operators:
+    """Each implementation in turn; the native one only where `velo_native` is installed."""
+    if request.param == "python":
+        return PYTHON
+    if NATIVE is None:
+        pytest.skip("velo_native is not installed (build it with `make venv` where cargo exists)")
+    return NATIVE
+
+
 @pytest.mark.data
 @pytest.mark.parametrize("name", [*HORSE_RACING_FILES, SIMULATED_DAY, MUTATED_DAY])
-def test_operator_output_is_unchanged(betfair_dir: Path, name: str) -> None:
-    assert digests(replay(stream_lines(name, betfair_dir), name)) == EXPECTED[name]
+def test_operator_output_is_unchanged(betfair_dir: Path, name: str, operators: Operators) -> None:
+    assert digests(replay(stream_lines(name, betfair_dir), name, operators)) == EXPECTED[name]
 
 
 EXPECTED: dict[str, dict[str, str]] = {

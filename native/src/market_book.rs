@@ -1,0 +1,378 @@
+//! One market's state: `operators/market_book.py` in Rust.
+//!
+//! Every rule of the Python is kept, including the odd ones a corrupted stream can reach
+//! (selection ids that are floats, strings or bools; handicaps given as strings; NaN
+//! handicaps that never match a runner), because the output must be identical. Where the
+//! Python raises on bad input, this raises the same exception type.
+
+use std::collections::HashMap;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyInt};
+use serde::{Deserialize, Serialize};
+
+use crate::json::{get, Entries, Json};
+use crate::number::{Num, Wide};
+use crate::runner_book::{Delta, RunnerBook};
+
+/// A Python int that may not fit 128 bits (`int(1e300)` from a market definition).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PyIntValue {
+    Small(i128),
+    Decimal(String),
+}
+
+impl PyIntValue {
+    pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            PyIntValue::Small(value) => Ok(value.into_pyobject(py)?.into_any()),
+            PyIntValue::Decimal(text) => py.get_type::<PyInt>().call1((text,)),
+        }
+    }
+
+    fn from_py(value: &Bound<'_, PyAny>) -> PyResult<PyIntValue> {
+        Ok(match value.extract::<i128>() {
+            Ok(small) => PyIntValue::Small(small),
+            Err(_) => PyIntValue::Decimal(value.str()?.to_string()),
+        })
+    }
+}
+
+/// Python's `int(value or 0)`.
+fn python_int(py: Python<'_>, value: &Json) -> PyResult<PyIntValue> {
+    if !value.is_truthy() {
+        return Ok(PyIntValue::Small(0));
+    }
+    match value {
+        Json::Bool(_) => Ok(PyIntValue::Small(1)),
+        Json::Num(number) => match number.wide() {
+            Wide::Int(int) => Ok(PyIntValue::Small(int)),
+            Wide::Float(float) if float.abs() < 1e38 => {
+                Ok(PyIntValue::Small(float.trunc() as i128))
+            }
+            Wide::Float(_) => int_by_python(py, value),
+        },
+        _ => int_by_python(py, value),
+    }
+}
+
+fn int_by_python(py: Python<'_>, value: &Json) -> PyResult<PyIntValue> {
+    PyIntValue::from_py(&py.get_type::<PyInt>().call1((value.to_py(py)?,))?)
+}
+
+/// Python's `float(value)`, `None` where it raises (the callers skip such entries).
+fn python_float(py: Python<'_>, value: &Json) -> Option<f64> {
+    match value {
+        Json::Num(number) => Some(number.to_f64()),
+        Json::Bool(flag) => Some(*flag as u8 as f64),
+        Json::Str(text) => py
+            .get_type::<PyFloat>()
+            .call1((text.as_str(),))
+            .ok()?
+            .extract()
+            .ok(),
+        _ => None,
+    }
+}
+
+/// How a value hashes and compares as a dict key in Python (`1 == 1.0 == True`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
+enum IdKey {
+    Null,
+    Int(i128),
+    Float(u64),
+    Str(String),
+}
+
+impl IdKey {
+    /// `None` for unhashable values (lists and dicts).
+    fn of(value: &Json) -> Option<IdKey> {
+        Some(match value {
+            Json::Null => IdKey::Null,
+            Json::Bool(flag) => IdKey::Int(*flag as i128),
+            Json::Num(number) => match number.wide() {
+                Wide::Int(int) => IdKey::Int(int),
+                Wide::Float(float) if float.fract() == 0.0 && float.abs() < 1e38 => {
+                    IdKey::Int(float as i128)
+                }
+                Wide::Float(float) => IdKey::Float(float.to_bits()),
+            },
+            Json::Str(text) => IdKey::Str(text.to_string()),
+            Json::Array(_) | Json::Pair(..) | Json::Object(_) => return None,
+        })
+    }
+}
+
+/// A runner's dict key `(selection id, handicap)`; NaN handicaps have none (never equal).
+type RunnerKey = (IdKey, u64);
+
+fn runner_key(id: IdKey, handicap: f64) -> Option<RunnerKey> {
+    if handicap.is_nan() {
+        return None;
+    }
+    Some((
+        id,
+        if handicap == 0.0 {
+            0
+        } else {
+            handicap.to_bits()
+        },
+    ))
+}
+/// What one `mc` element did: runners touched (first-touch order), invalid entries, and
+/// whether it carried a market definition.
+pub struct Applied {
+    pub touched: Vec<usize>,
+    pub invalid: u64,
+    pub definition_changed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MarketBook {
+    pub status: Json,
+    pub in_play: bool,
+    pub bet_delay: PyIntValue,
+    pub version: PyIntValue,
+    pub market_time_ms: Option<i64>,
+    /// `tv` as given: `isinstance(tv, (float, int))` lets a bool through.
+    pub total_matched: Json,
+    pub runners: Vec<RunnerBook>,
+    index: HashMap<RunnerKey, usize>,
+    /// Runners keyed `(int id, 0.0)`, by id alone: most `rc` elements carry no `hc`.
+    plain: HashMap<i128, usize>,
+    messages: i64,
+}
+
+impl MarketBook {
+    pub fn new() -> MarketBook {
+        MarketBook {
+            status: Json::Str("OPEN".into()),
+            in_play: false,
+            bet_delay: PyIntValue::Small(0),
+            version: PyIntValue::Small(0),
+            market_time_ms: None,
+            total_matched: Json::Num(Num::Float(0.0)),
+            runners: Vec::new(),
+            index: HashMap::new(),
+            plain: HashMap::new(),
+            messages: 0,
+        }
+    }
+
+    /// Apply one `mc` element; each touched runner's `moved_*` say what it did there.
+    pub fn apply(
+        &mut self,
+        py: Python<'_>,
+        change: &Entries,
+        mut deltas: Option<&mut Vec<Delta>>,
+    ) -> PyResult<Applied> {
+        self.messages += 1;
+        let message = self.messages;
+        let get = |key: &str| get(change, key);
+        if get("img").is_some_and(Json::is_truthy) {
+            for runner in &mut self.runners {
+                runner.clear_prices();
+            }
+            self.total_matched = Json::Num(Num::Float(0.0));
+        }
+        let definition = get("marketDefinition").and_then(Json::as_object);
+        if let Some(definition) = definition {
+            self.apply_definition(py, definition)?;
+        }
+        let mut touched = Vec::new();
+        let mut invalid = 0;
+        if let Some(runner_changes) = get("rc").filter(|rc| rc.is_truthy()) {
+            match runner_changes {
+                Json::Array(_) | Json::Pair(..) => {
+                    for rc in runner_changes.as_list().unwrap().iter() {
+                        let Some((index, key)) = self.runner_for_change(py, rc) else {
+                            invalid += 1;
+                            continue;
+                        };
+                        let runner = &mut self.runners[index];
+                        if runner.touched_in != message {
+                            runner.touched_in = message;
+                            runner.tick_key = key;
+                            runner.moved_traded = 0.0;
+                            runner.moved_back_added = 0.0;
+                            runner.moved_back_removed = 0.0;
+                            runner.moved_lay_added = 0.0;
+                            runner.moved_lay_removed = 0.0;
+                            touched.push(index);
+                        }
+                        let fields = rc.as_object().expect("runner changes are objects");
+                        invalid += runner.apply(index, fields, deltas.as_deref_mut());
+                    }
+                }
+                // Iterating a dict or a string yields strings, and `str["id"]` is a TypeError.
+                Json::Object(entries) => invalid += entries.len() as u64,
+                Json::Str(text) => invalid += text.chars().count() as u64,
+                other => {
+                    return Err(PyTypeError::new_err(format!(
+                        "'{}' object is not iterable",
+                        other.python_type_name()
+                    )))
+                }
+            }
+        }
+        if let Some(total) = get("tv") {
+            if total.numeric().is_some_and(Num::is_non_negative) {
+                self.total_matched = total.clone();
+            }
+        }
+        Ok(Applied {
+            touched,
+            invalid,
+            definition_changed: definition.is_some(),
+        })
+    }
+
+    /// The runner an `rc` element addresses and the key as the element spells it; `None`
+    /// where the Python raises KeyError/TypeError/ValueError (an invalid entry).
+    fn runner_for_change(&mut self, py: Python<'_>, rc: &Json) -> Option<(usize, (Json, f64))> {
+        let fields = rc.as_object()?;
+        let selection_id = get(fields, "id")?;
+        let handicap = get(fields, "hc");
+        let plain_id = selection_id.as_num().and_then(Num::as_int);
+        if let (Some(id), None) = (plain_id, handicap) {
+            if let Some(&index) = self.plain.get(&id) {
+                let runner = &self.runners[index];
+                return Some((index, (runner.selection_id.clone(), runner.handicap)));
+            }
+        }
+        let handicap = match handicap {
+            None => 0.0,
+            Some(value) => python_float(py, value)?,
+        };
+        let id_key = IdKey::of(selection_id)?;
+        let index = self.runner_or_add(id_key, selection_id, handicap);
+        Some((index, (selection_id.clone(), handicap)))
+    }
+
+    fn runner_or_add(&mut self, id_key: IdKey, selection_id: &Json, handicap: f64) -> usize {
+        let key = runner_key(id_key, handicap);
+        if let Some(index) = key.as_ref().and_then(|key| self.index.get(key)) {
+            return *index;
+        }
+        let index = self.runners.len();
+        self.runners
+            .push(RunnerBook::new(selection_id.clone(), handicap));
+        if let Some(key) = key {
+            self.index.insert(key, index);
+        }
+        if let Some(id) = selection_id.as_num().and_then(Num::as_int) {
+            if handicap == 0.0 && handicap.is_sign_positive() {
+                self.plain.insert(id, index);
+            }
+        }
+        index
+    }
+
+    fn apply_definition(&mut self, py: Python<'_>, definition: &Entries) -> PyResult<()> {
+        let field = |key: &str| get(definition, key);
+        if let Some(status) = field("status") {
+            self.status = status.clone();
+        }
+        self.in_play = field("inPlay").is_some_and(Json::is_truthy);
+        self.bet_delay = python_int(py, field("betDelay").unwrap_or(&Json::Null))?;
+        if let Some(version) = field("version") {
+            self.version = python_int(py, version)?;
+        }
+        self.market_time_ms = market_time_ms(py, field("marketTime"))?;
+        let no_runners = Json::Array(Vec::new());
+        let runners = field("runners").unwrap_or(&no_runners);
+        let runner_definitions = match runners {
+            Json::Array(_) | Json::Pair(..) => runners.as_list().unwrap(),
+            // A dict or string iterates as strings: each one fails `["id"]` and is skipped.
+            Json::Object(_) | Json::Str(_) => Default::default(),
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "'{}' object is not iterable",
+                    other.python_type_name()
+                )))
+            }
+        };
+        for runner_definition in runner_definitions.iter() {
+            let Some(fields) = runner_definition.as_object() else {
+                continue;
+            };
+            let field = |key: &str| get(fields, key);
+            let Some(selection_id) = field("id") else {
+                continue;
+            };
+            let handicap = match field("hc") {
+                None => 0.0,
+                Some(value) => match python_float(py, value) {
+                    Some(handicap) => handicap,
+                    None => continue,
+                },
+            };
+            let Some(id_key) = IdKey::of(selection_id) else {
+                return Err(PyTypeError::new_err(format!(
+                    "unhashable type: '{}'",
+                    selection_id.python_type_name()
+                )));
+            };
+            let index = self.runner_or_add(id_key, selection_id, handicap);
+            let runner = &mut self.runners[index];
+            if let Some(status) = field("status") {
+                runner.status = status.clone();
+            }
+            if let Some(bsp) = field("bsp") {
+                runner.bsp = bsp.clone();
+            }
+            runner.adjustment_factor = field("adjustmentFactor").cloned().unwrap_or(Json::Null);
+            runner.removal_date = field("removalDate").cloned().unwrap_or(Json::Null);
+            runner.sort_priority = field("sortPriority").cloned().unwrap_or(Json::Null);
+            if let Some(name) = field("name") {
+                runner.name = name.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// (back book %, lay book %, active runners) over active runners, in runner order.
+    pub fn overrounds(&self) -> (Option<f64>, Option<f64>, i64) {
+        let mut back = 0.0;
+        let mut lay = 0.0;
+        let mut have_back = false;
+        let mut have_lay = false;
+        let mut active = 0;
+        for runner in &self.runners {
+            if runner.status.as_str() != Some("ACTIVE") {
+                continue;
+            }
+            active += 1;
+            if let Some(best) = runner.best_back.filter(|b| b.is_nonzero()) {
+                back += 1.0 / best.to_f64();
+                have_back = true;
+            }
+            if let Some(best) = runner.best_lay.filter(|l| l.is_nonzero()) {
+                lay += 1.0 / best.to_f64();
+                have_lay = true;
+            }
+        }
+        (
+            have_back.then_some(back * 100.0),
+            have_lay.then_some(lay * 100.0),
+            active,
+        )
+    }
+
+    pub fn seconds_to_off(&self, publish_time_ms: i128) -> Option<f64> {
+        self.market_time_ms
+            .map(|off| ((off as i128 - publish_time_ms) as f64) / 1000.0)
+    }
+}
+
+/// `int(parse_betfair_time(value).timestamp() * 1000)`, by the Python functions themselves
+/// (ISO parsing and time zones are theirs; definitions are rare).
+fn market_time_ms(py: Python<'_>, value: Option<&Json>) -> PyResult<Option<i64>> {
+    let parsed = crate::records::parse_betfair_time(py, value.unwrap_or(&Json::Null))?;
+    if parsed.is_none() {
+        return Ok(None);
+    }
+    let seconds: f64 = parsed.call_method0("timestamp")?.extract()?;
+    Ok(Some((seconds * 1000.0).trunc() as i64))
+}

@@ -1,0 +1,657 @@
+//! `operators.market_processor.MarketProcessor` in Rust: a market's changes in, the same
+//! records out, appended to the same Python `SinkBatch`.
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use serde::{Deserialize, Serialize};
+
+use crate::json::{get, num_to_py, Entries, Json, DUMP_MAX_DEPTH};
+use crate::market_book::MarketBook;
+use crate::number::Num;
+use crate::records::{
+    classes, new_record, parse_betfair_time, DatetimeCache, StringCache, UtcTime,
+};
+use crate::route::{ChangeItem, MarketChanges};
+use crate::runner_book::{Delta, TickValues};
+use crate::windows::{ClosedWindow, MarketWindows};
+
+/// `DeadLetter.raw` keeps this many characters of the change's JSON.
+const DEAD_LETTER_CHARS: usize = 10_000;
+
+/// The market-wide values of a `MarketTick` (written when they change).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MarketValues {
+    pub status: Json,
+    pub in_play: bool,
+    pub total_matched: Json,
+    pub back_overround: Option<f64>,
+    pub lay_overround: Option<f64>,
+    pub active_runners: i64,
+}
+
+impl MarketValues {
+    fn py_eq(&self, other: &MarketValues) -> bool {
+        self.status.py_eq(&other.status)
+            && self.in_play == other.in_play
+            && self.total_matched.py_eq(&other.total_matched)
+            && self.back_overround == other.back_overround
+            && self.lay_overround == other.lay_overround
+            && self.active_runners == other.active_runners
+    }
+}
+
+pub struct RunnerTickRow {
+    pub selection_id: Json,
+    pub handicap: f64,
+    pub publish_time: UtcTime,
+    pub seq: i64,
+    pub values: TickValues,
+    pub seconds_to_off: Option<f64>,
+}
+
+pub struct MarketTickRow {
+    pub publish_time: UtcTime,
+    pub seq: i64,
+    pub values: MarketValues,
+    pub seconds_to_off: Option<f64>,
+}
+
+/// The frequent records of one `process` call, kept in Rust until they are handed over.
+#[derive(Default)]
+pub struct Rows {
+    pub runner_ticks: Vec<RunnerTickRow>,
+    pub market_ticks: Vec<MarketTickRow>,
+    pub windows: Vec<ClosedWindow>,
+    pub deltas: Vec<Delta>,
+}
+
+/// Everything a processor remembers between batches (what a recovery snapshot holds).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ProcessorState {
+    pub market_id: String,
+    pub keep_deltas: bool,
+    seq: i64,
+    started: bool,
+    last_publish_ms: i128,
+    pub book: MarketBook,
+    windows: MarketWindows,
+    overrounds: (Option<f64>, Option<f64>, i64),
+    last_market_values: Option<MarketValues>,
+}
+
+/// The `SinkBatch` lists records are appended to, fetched once per call.
+struct SinkLists<'py> {
+    batch: Bound<'py, PyAny>,
+    markets: Bound<'py, PyList>,
+    runners: Bound<'py, PyList>,
+    results: Bound<'py, PyList>,
+    dead_letters: Bound<'py, PyList>,
+}
+
+impl<'py> SinkLists<'py> {
+    fn of(batch: Bound<'py, PyAny>) -> PyResult<SinkLists<'py>> {
+        let list = |name: &str| -> PyResult<Bound<'py, PyList>> {
+            Ok(batch.getattr(name)?.cast_into::<PyList>()?)
+        };
+        Ok(SinkLists {
+            markets: list("markets")?,
+            runners: list("runners")?,
+            results: list("results")?,
+            dead_letters: list("dead_letters")?,
+            batch,
+        })
+    }
+}
+
+impl ProcessorState {
+    pub fn new(
+        market_id: String,
+        window_seconds: &[i64],
+        persisted_window_seconds: &[i64],
+        keep_deltas: bool,
+    ) -> PyResult<ProcessorState> {
+        if window_seconds.is_empty() || window_seconds.iter().any(|s| *s <= 0) {
+            return Err(PyValueError::new_err(format!(
+                "window lengths must be positive seconds, got {window_seconds:?}"
+            )));
+        }
+        let book = MarketBook::new();
+        let overrounds = book.overrounds();
+        Ok(ProcessorState {
+            market_id,
+            keep_deltas,
+            seq: 0,
+            started: false,
+            last_publish_ms: 0,
+            book,
+            windows: MarketWindows::new(window_seconds, persisted_window_seconds),
+            overrounds,
+            last_market_values: None,
+        })
+    }
+
+    fn process_one(
+        &mut self,
+        py: Python<'_>,
+        item: &ChangeItem,
+        rows: &mut Rows,
+        sink: &SinkLists<'_>,
+        messages: &mut i64,
+    ) -> PyResult<()> {
+        let change = item.fields();
+        let get = |key: &str| get(change, key);
+        let image = get("img").is_some_and(Json::is_truthy);
+        if !self.started {
+            if !(image || get("marketDefinition").is_some()) {
+                return self.dead_letter(py, item, "unknown_market_before_image", sink);
+            }
+            self.started = true;
+        }
+        let mut publish_ms = item.publish_time_ms;
+        if publish_ms < self.last_publish_ms {
+            // Applied to the book, counted, and windowed at the market's latest event time.
+            self.dead_letter(py, item, "out_of_order_publish_time", sink)?;
+            publish_ms = self.last_publish_ms;
+        }
+        self.last_publish_ms = publish_ms;
+        self.seq += 1;
+        let seq = self.seq;
+        *messages += 1;
+        self.windows.advance(publish_ms, &mut rows.windows);
+
+        let deltas = if self.keep_deltas {
+            Some(&mut rows.deltas)
+        } else {
+            None
+        };
+        let applied = self.book.apply(py, change, deltas)?;
+        let mut prices_moved = applied.definition_changed || image;
+        if applied.invalid > 0 {
+            self.dead_letter(py, item, "invalid_ladder_entry", sink)?;
+        }
+        let publish_time = UtcTime::from_ms(item.publish_time_ms)?;
+        let seconds_to_off = self.book.seconds_to_off(publish_ms);
+        if applied.definition_changed {
+            let definition = get("marketDefinition")
+                .and_then(Json::as_object)
+                .unwrap_or(&[]);
+            self.emit_definition(py, definition, publish_time, sink)?;
+        }
+
+        let in_play = self.book.in_play;
+        for &index in &applied.touched {
+            let runner = &mut self.book.runners[index];
+            let values = runner.tick_values(in_play)?;
+            let changed = match &runner.last_tick {
+                None => {
+                    prices_moved = true;
+                    true
+                }
+                Some(last) if !last.py_eq(&values) => {
+                    prices_moved |= last.best_prices_moved(&values);
+                    true
+                }
+                Some(_) => false,
+            };
+            if changed {
+                runner.last_tick = Some(values.clone());
+                rows.runner_ticks.push(RunnerTickRow {
+                    selection_id: runner.tick_key.0.clone(),
+                    handicap: runner.tick_key.1,
+                    publish_time,
+                    seq,
+                    values,
+                    seconds_to_off,
+                });
+            }
+        }
+        self.windows.observe(&applied.touched, &self.book);
+        if prices_moved {
+            self.overrounds = self.book.overrounds();
+        }
+        let (back_overround, lay_overround, active_runners) = self.overrounds;
+        let values = MarketValues {
+            status: self.book.status.clone(),
+            in_play: self.book.in_play,
+            total_matched: self.book.total_matched.clone(),
+            back_overround,
+            lay_overround,
+            active_runners,
+        };
+        if !self
+            .last_market_values
+            .as_ref()
+            .is_some_and(|last| last.py_eq(&values))
+        {
+            self.last_market_values = Some(values.clone());
+            rows.market_ticks.push(MarketTickRow {
+                publish_time,
+                seq,
+                values,
+                seconds_to_off,
+            });
+        }
+        Ok(())
+    }
+
+    fn emit_definition(
+        &self,
+        py: Python<'_>,
+        definition: &Entries,
+        publish_time: UtcTime,
+        sink: &SinkLists<'_>,
+    ) -> PyResult<()> {
+        let classes = classes(py)?;
+        let book = &self.book;
+        let field = |key: &str| -> PyResult<Bound<'_, PyAny>> {
+            match get(definition, key) {
+                Some(value) => value.to_py(py),
+                None => Ok(py.None().into_bound(py)),
+            }
+        };
+        let market_time = get(definition, "marketTime");
+        let bsp_market = get(definition, "bspMarket").is_some_and(Json::is_truthy);
+        let publish_time = publish_time.to_py(py)?;
+        let market_id = self.market_id.as_str().into_pyobject(py)?.into_any();
+        sink.markets.append(new_record(
+            py,
+            &classes.market_row,
+            [
+                market_id.clone(),
+                field("eventId")?,
+                field("eventTypeId")?,
+                field("marketType")?,
+                field("name")?,
+                field("eventName")?,
+                field("venue")?,
+                field("countryCode")?,
+                parse_betfair_time(py, market_time.unwrap_or(&Json::Null))?,
+                field("numberOfWinners")?,
+                book.status.to_py(py)?,
+                book.in_play.into_pyobject(py)?.to_owned().into_any(),
+                book.bet_delay.to_py(py)?,
+                book.version.to_py(py)?,
+                bsp_market.into_pyobject(py)?.to_owned().into_any(),
+                publish_time.clone(),
+            ],
+        )?)?;
+        for runner in &book.runners {
+            sink.runners.append(new_record(
+                py,
+                &classes.runner_row,
+                [
+                    market_id.clone(),
+                    runner.selection_id.to_py(py)?,
+                    runner.handicap.into_pyobject(py)?.into_any(),
+                    runner.name.to_py(py)?,
+                    runner.sort_priority.to_py(py)?,
+                    runner.status.to_py(py)?,
+                    runner.adjustment_factor.to_py(py)?,
+                    parse_betfair_time(py, &runner.removal_date)?,
+                    runner.bsp.to_py(py)?,
+                ],
+            )?)?;
+        }
+        if book.status.as_str() == Some("CLOSED") {
+            for runner in &book.runners {
+                sink.results.append(new_record(
+                    py,
+                    &classes.result_row,
+                    [
+                        market_id.clone(),
+                        runner.selection_id.to_py(py)?,
+                        runner.handicap.into_pyobject(py)?.into_any(),
+                        runner.status.to_py(py)?,
+                        runner.bsp.to_py(py)?,
+                        publish_time.clone(),
+                    ],
+                )?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dead_letter(
+        &self,
+        py: Python<'_>,
+        item: &ChangeItem,
+        reason: &str,
+        sink: &SinkLists<'_>,
+    ) -> PyResult<()> {
+        if item.change.depth() > DUMP_MAX_DEPTH {
+            return Err(PyTypeError::new_err("Recursion limit reached"));
+        }
+        let mut raw = String::new();
+        item.change.dump(&mut raw);
+        if let Some((cut, _)) = raw.char_indices().nth(DEAD_LETTER_CHARS) {
+            raw.truncate(cut);
+        }
+        sink.dead_letters.append(new_record(
+            py,
+            &classes(py)?.dead_letter,
+            [
+                item.source.bind(py).clone(),
+                item.position.bind(py).clone(),
+                reason.into_pyobject(py)?.into_any(),
+                raw.into_pyobject(py)?.into_any(),
+                UtcTime::from_ms(item.publish_time_ms)?.to_py(py)?,
+            ],
+        )?)
+    }
+
+    fn snapshots<'py>(&self, py: Python<'py>, out: &Bound<'py, PyList>) -> PyResult<()> {
+        let ladder =
+            |levels: &mut dyn Iterator<Item = &(Num, Num)>| -> PyResult<Bound<'py, PyList>> {
+                let list = PyList::empty(py);
+                for (price, size) in levels {
+                    list.append(PyList::new(
+                        py,
+                        [
+                            num_to_py(py, *price)?,
+                            size.to_f64().into_pyobject(py)?.into_any(),
+                        ],
+                    )?)?;
+                }
+                Ok(list)
+            };
+        for runner in &self.book.runners {
+            let snapshot = PyDict::new(py);
+            snapshot.set_item("market_id", &self.market_id)?;
+            snapshot.set_item("selection_id", runner.selection_id.to_py(py)?)?;
+            snapshot.set_item("handicap", runner.handicap)?;
+            snapshot.set_item("status", runner.status.to_py(py)?)?;
+            snapshot.set_item("bsp", runner.bsp.to_py(py)?)?;
+            snapshot.set_item("ltp", runner.ltp.map(|ltp| num_to_py(py, ltp)).transpose()?)?;
+            snapshot.set_item("total_matched", runner.total_matched.to_f64())?;
+            snapshot.set_item("atb", ladder(&mut runner.atb.levels.iter().rev())?)?;
+            snapshot.set_item("atl", ladder(&mut runner.atl.levels.iter())?)?;
+            snapshot.set_item("trd", ladder(&mut runner.trd.levels.iter())?)?;
+            out.append(snapshot)?;
+        }
+        Ok(())
+    }
+}
+
+/// Python objects for the values of the frequent records.
+fn option_num<'py>(py: Python<'py>, value: Option<Num>) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Some(number) => num_to_py(py, number),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+fn option_float<'py>(py: Python<'py>, value: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Some(number) => Ok(number.into_pyobject(py)?.into_any()),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+fn option_int<'py>(py: Python<'py>, value: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Some(number) => Ok(number.into_pyobject(py)?.into_any()),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+/// Hands the Rust rows of a call over as Python records, appended to the batch's lists.
+fn append_records(
+    py: Python<'_>,
+    state: &ProcessorState,
+    rows: Rows,
+    batch: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let classes = classes(py)?;
+    let market_id = PyString::new(py, &state.market_id).into_any();
+    let mut datetimes = DatetimeCache::new();
+    let mut statuses = StringCache::new();
+    let runner_ticks = batch.getattr("runner_ticks")?.cast_into::<PyList>()?;
+    for row in rows.runner_ticks {
+        let v = row.values;
+        runner_ticks.append(new_record(
+            py,
+            &classes.runner_tick,
+            [
+                market_id.clone(),
+                row.selection_id.to_py(py)?,
+                row.handicap.into_pyobject(py)?.into_any(),
+                datetimes.get(py, row.publish_time)?,
+                row.seq.into_pyobject(py)?.into_any(),
+                statuses.get(py, &v.status)?,
+                v.in_play.into_pyobject(py)?.to_owned().into_any(),
+                option_num(py, v.back)?,
+                option_num(py, v.back_size)?,
+                option_num(py, v.lay)?,
+                option_num(py, v.lay_size)?,
+                option_num(py, v.ltp)?,
+                v.volume.into_pyobject(py)?.into_any(),
+                option_int(py, v.spread)?,
+                option_float(py, v.wom.map(|wom| wom.value))?,
+                option_float(py, v.implied)?,
+                option_float(py, v.vwap)?,
+                option_num(py, v.spn)?,
+                option_num(py, v.spf)?,
+                option_float(py, row.seconds_to_off)?,
+            ],
+        )?)?;
+    }
+    let market_ticks = batch.getattr("market_ticks")?.cast_into::<PyList>()?;
+    for row in rows.market_ticks {
+        let v = row.values;
+        market_ticks.append(new_record(
+            py,
+            &classes.market_tick,
+            [
+                market_id.clone(),
+                datetimes.get(py, row.publish_time)?,
+                row.seq.into_pyobject(py)?.into_any(),
+                statuses.get(py, &v.status)?,
+                v.in_play.into_pyobject(py)?.to_owned().into_any(),
+                v.total_matched.to_py(py)?,
+                option_float(py, v.back_overround)?,
+                option_float(py, v.lay_overround)?,
+                v.active_runners.into_pyobject(py)?.into_any(),
+                option_float(py, row.seconds_to_off)?,
+            ],
+        )?)?;
+    }
+    append_windows(py, &market_id, rows.windows, batch)?;
+    if !rows.deltas.is_empty() {
+        let deltas = batch.getattr("deltas")?.cast_into::<PyList>()?;
+        for delta in rows.deltas {
+            let runner = &state.book.runners[delta.runner];
+            deltas.append(new_record(
+                py,
+                &classes.ladder_delta,
+                [
+                    runner.selection_id.to_py(py)?,
+                    runner.handicap.into_pyobject(py)?.into_any(),
+                    delta.side.name().into_pyobject(py)?.into_any(),
+                    num_to_py(py, delta.price)?,
+                    match delta.size_delta {
+                        crate::number::Wide::Int(int) => int.into_pyobject(py)?.into_any(),
+                        crate::number::Wide::Float(float) => float.into_pyobject(py)?.into_any(),
+                    },
+                ],
+            )?)?;
+        }
+    }
+    Ok(())
+}
+
+fn append_windows(
+    py: Python<'_>,
+    market_id: &Bound<'_, PyAny>,
+    closed: Vec<ClosedWindow>,
+    batch: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    if closed.is_empty() {
+        return Ok(());
+    }
+    let classes = classes(py)?;
+    let persisted = batch.getattr("windows")?.cast_into::<PyList>()?;
+    let live = batch.getattr("live_windows")?.cast_into::<PyList>()?;
+    for window in closed {
+        let out = if window.persisted { &persisted } else { &live };
+        let start = UtcTime::from_ms(window.start_ms)?.to_py(py)?;
+        let end = UtcTime::from_ms(window.start_ms + window.seconds as i128 * 1000)?.to_py(py)?;
+        let seconds = window.seconds.into_pyobject(py)?.into_any();
+        for acc in window.accumulators {
+            out.append(new_record(
+                py,
+                &classes.window_aggregate,
+                [
+                    market_id.clone(),
+                    acc.selection_id.to_py(py)?,
+                    acc.handicap.into_pyobject(py)?.into_any(),
+                    seconds.clone(),
+                    start.clone(),
+                    end.clone(),
+                    acc.updates.into_pyobject(py)?.into_any(),
+                    option_num(py, acc.open)?,
+                    option_num(py, acc.high)?,
+                    option_num(py, acc.low)?,
+                    option_num(py, acc.close)?,
+                    option_int(py, acc.price_move_ticks())?,
+                    acc.traded.into_pyobject(py)?.into_any(),
+                    acc.back_added.into_pyobject(py)?.into_any(),
+                    acc.back_removed.into_pyobject(py)?.into_any(),
+                    acc.lay_added.into_pyobject(py)?.into_any(),
+                    acc.lay_removed.into_pyobject(py)?.into_any(),
+                    option_float(py, acc.wom_open)?,
+                    option_float(py, acc.wom_close)?,
+                ],
+            )?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Order book, windows and record emission for one market, in Rust (same interface and
+/// output as `operators.market_processor.MarketProcessor`).
+#[pyclass(module = "velo_native", name = "MarketProcessor")]
+pub struct NativeMarketProcessor {
+    pub state: ProcessorState,
+}
+
+fn int_lengths(values: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    values
+        .try_iter()?
+        .map(|value| {
+            value?
+                .extract::<i64>()
+                .map_err(|_| PyTypeError::new_err(format!("{what} must be whole seconds (ints)")))
+        })
+        .collect()
+}
+
+#[pymethods]
+impl NativeMarketProcessor {
+    #[new]
+    #[pyo3(signature = (market_id, window_seconds = None, persisted_window_seconds = None, keep_deltas = false))]
+    fn new(
+        market_id: String,
+        window_seconds: Option<&Bound<'_, PyAny>>,
+        persisted_window_seconds: Option<&Bound<'_, PyAny>>,
+        keep_deltas: bool,
+    ) -> PyResult<Self> {
+        let window_seconds = match window_seconds {
+            Some(values) => int_lengths(values, "window_seconds")?,
+            None => vec![1, 10, 60],
+        };
+        let persisted = match persisted_window_seconds {
+            Some(values) => int_lengths(values, "persisted_window_seconds")?,
+            None => vec![10, 60],
+        };
+        Ok(NativeMarketProcessor {
+            state: ProcessorState::new(market_id, &window_seconds, &persisted, keep_deltas)?,
+        })
+    }
+
+    #[getter]
+    fn market_id(&self) -> &str {
+        &self.state.market_id
+    }
+
+    #[getter]
+    fn keep_deltas(&self) -> bool {
+        self.state.keep_deltas
+    }
+
+    /// Apply the market's changes in order; records go to `out` (a new `SinkBatch` if None).
+    #[pyo3(signature = (changes, out = None))]
+    fn process<'py>(
+        &mut self,
+        py: Python<'py>,
+        changes: &Bound<'py, PyAny>,
+        out: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let changes = changes.cast::<MarketChanges>().map_err(|_| {
+            PyTypeError::new_err("the native processor takes velo_native.route_lines output")
+        })?;
+        let batch = match out {
+            Some(batch) => batch,
+            None => classes(py)?.sink_batch.bind(py).call0()?,
+        };
+        let sink = SinkLists::of(batch)?;
+        let mut rows = Rows::default();
+        let mut messages = 0;
+        let mut result = Ok(());
+        for item in &changes.get().items {
+            result = self
+                .state
+                .process_one(py, item, &mut rows, &sink, &mut messages);
+            if result.is_err() {
+                break;
+            }
+        }
+        append_records(py, &self.state, rows, &sink.batch)?;
+        let counted: i64 = sink.batch.getattr("messages")?.extract()?;
+        sink.batch.setattr("messages", counted + messages)?;
+        result.map(|()| sink.batch)
+    }
+
+    /// End of stream: close open windows and add the per-runner final snapshot.
+    fn finish<'py>(
+        &mut self,
+        py: Python<'py>,
+        out: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut closed = Vec::new();
+        self.state.windows.flush(&mut closed);
+        let market_id = PyString::new(py, &self.state.market_id).into_any();
+        append_windows(py, &market_id, closed, &out)?;
+        self.state
+            .snapshots(py, &out.getattr("snapshots")?.cast_into::<PyList>()?)?;
+        Ok(out)
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let state = postcard::to_allocvec(&self.state).map_err(|error| {
+            PyValueError::new_err(format!("cannot snapshot processor: {error}"))
+        })?;
+        let restore = py.import("velo_native")?.getattr("_restore_processor")?;
+        PyTuple::new(
+            py,
+            [
+                restore,
+                PyTuple::new(py, [PyBytes::new(py, &state)])?.into_any(),
+            ],
+        )
+    }
+
+    fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> NativeMarketProcessor {
+        NativeMarketProcessor {
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// Rebuild a pickled processor.
+#[pyfunction]
+pub fn _restore_processor(state: &[u8]) -> PyResult<NativeMarketProcessor> {
+    let state = postcard::from_bytes(state)
+        .map_err(|error| PyValueError::new_err(format!("corrupt processor snapshot: {error}")))?;
+    Ok(NativeMarketProcessor { state })
+}

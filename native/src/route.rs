@@ -1,0 +1,304 @@
+//! `operators.stream_messages.route_lines` in Rust: lines → changes grouped by market, parsed
+//! once here and handed on as an opaque `MarketChanges` (never as Python dicts).
+
+use std::collections::HashMap;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::json::{self, Entries, Json};
+use crate::number::Num;
+use crate::records::{classes, new_record};
+use crate::small_string::SmallString;
+
+const CONTROL_OPS: [&str; 3] = ["connection", "status", "heartbeat"];
+
+/// One `mc` element with the header of the line it came in.
+pub struct ChangeItem {
+    pub publish_time_ms: i128,
+    pub clk: Json,
+    /// The `mc` element: always an object with a string `id`.
+    pub change: Json,
+    pub source: Py<PyAny>,
+    pub position: Py<PyAny>,
+}
+
+impl ChangeItem {
+    pub fn fields(&self) -> &Entries {
+        self.change.as_object().expect("routed changes are objects")
+    }
+}
+
+/// One market's changes of a routed batch, in stream order.
+///
+/// Picklable (Bytewax moves items between workers): each change travels as its JSON text.
+#[pyclass(module = "velo_native", frozen)]
+pub struct MarketChanges {
+    pub market_id: String,
+    pub items: Vec<ChangeItem>,
+}
+
+#[pymethods]
+impl MarketChanges {
+    #[getter]
+    fn market_id(&self) -> &str {
+        &self.market_id
+    }
+
+    fn __len__(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The same changes as `operators.stream_messages.MarketChange` records (for tests and
+    /// for code that needs the Python view; the native processor never does this).
+    fn as_market_changes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let market_change = &classes(py)?.market_change;
+        let list = PyList::empty(py);
+        for item in &self.items {
+            list.append(new_record(
+                py,
+                market_change,
+                [
+                    self.market_id.as_str().into_pyobject(py)?.into_any(),
+                    item.publish_time_ms.into_pyobject(py)?.into_any(),
+                    item.clk.to_py(py)?,
+                    item.change.to_py(py)?,
+                    item.source.bind(py).clone(),
+                    item.position.bind(py).clone(),
+                ],
+            )?)?;
+        }
+        Ok(list)
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let this = slf.get();
+        let items = PyList::empty(py);
+        for item in &this.items {
+            let mut clk = String::new();
+            item.clk.dump(&mut clk);
+            let mut change = String::new();
+            item.change.dump(&mut change);
+            items.append((
+                item.publish_time_ms,
+                clk,
+                change,
+                item.source.bind(py),
+                item.position.bind(py),
+            ))?;
+        }
+        let restore = py.import("velo_native")?.getattr("_restore_changes")?;
+        PyTuple::new(
+            py,
+            [
+                restore,
+                PyTuple::new(
+                    py,
+                    [
+                        this.market_id.as_str().into_pyobject(py)?.into_any(),
+                        items.into_any(),
+                    ],
+                )?
+                .into_any(),
+            ],
+        )
+    }
+}
+
+/// Rebuild pickled `MarketChanges`.
+#[pyfunction]
+pub fn _restore_changes(market_id: String, items: &Bound<'_, PyList>) -> PyResult<MarketChanges> {
+    let mut restored = Vec::with_capacity(items.len());
+    for item in items.iter() {
+        let (publish_time_ms, clk, change, source, position): (
+            i128,
+            String,
+            String,
+            Py<PyAny>,
+            Py<PyAny>,
+        ) = item.extract()?;
+        let parse = |text: &str| {
+            json::parse(text.as_bytes())
+                .ok_or_else(|| PyValueError::new_err("corrupt pickled change"))
+        };
+        restored.push(ChangeItem {
+            publish_time_ms,
+            clk: parse(&clk)?,
+            change: parse(&change)?,
+            source,
+            position,
+        });
+    }
+    Ok(MarketChanges {
+        market_id,
+        items: restored,
+    })
+}
+
+/// What `_parse` makes of one line.
+enum Parsed {
+    Skip,
+    Bad(&'static str),
+    Changes {
+        publish_time_ms: i128,
+        clk: Json,
+        changes: Vec<(SmallString, Json)>,
+    },
+}
+
+fn take(entries: &mut Entries, key: &str) -> Option<Json> {
+    entries
+        .iter_mut()
+        .find(|(k, _)| **k == *key)
+        .map(|(_, value)| std::mem::replace(value, Json::Null))
+}
+
+/// `operators.stream_messages._parse`, reason for reason.
+fn parse_message(raw: &[u8]) -> PyResult<Parsed> {
+    let Some(message) = json::parse(raw) else {
+        return Ok(Parsed::Bad("malformed_json"));
+    };
+    let Json::Object(mut entries) = message else {
+        return Ok(Parsed::Bad("not_an_object"));
+    };
+    let field = |entries: &Entries, key: &str| json::get(entries, key).cloned();
+    match field(&entries, "op") {
+        Some(Json::Str(op)) if *op == *"mcm" => {}
+        Some(Json::Str(op)) if CONTROL_OPS.contains(&op.as_str()) => return Ok(Parsed::Skip),
+        Some(unhashable @ (Json::Array(_) | Json::Pair(..) | Json::Object(_))) => {
+            return Err(PyTypeError::new_err(format!(
+                "unhashable type: '{}'",
+                unhashable.python_type_name()
+            )))
+        }
+        _ => return Ok(Parsed::Bad("unknown_op")),
+    }
+    let publish_time_ms = match field(&entries, "pt") {
+        Some(Json::Num(Num::Int(pt))) => pt as i128,
+        Some(Json::Num(Num::UInt(pt))) => pt as i128,
+        _ => return Ok(Parsed::Bad("missing_publish_time")),
+    };
+    let heartbeat = matches!(field(&entries, "ct"), Some(Json::Str(ct)) if *ct == *"HEARTBEAT");
+    let market_changes = match take(&mut entries, "mc") {
+        None | Some(Json::Null) => return Ok(Parsed::Skip),
+        Some(_) if heartbeat => return Ok(Parsed::Skip),
+        Some(Json::Array(items)) => items,
+        Some(_) => return Ok(Parsed::Bad("malformed_market_changes")),
+    };
+    let clk = take(&mut entries, "clk").unwrap_or(Json::Null);
+    let mut changes = Vec::with_capacity(market_changes.len());
+    for change in market_changes {
+        match change.get("id") {
+            Some(Json::Str(market_id)) => changes.push((market_id.clone(), change)),
+            _ => return Ok(Parsed::Bad("malformed_market_changes")),
+        }
+    }
+    Ok(Parsed::Changes {
+        publish_time_ms,
+        clk,
+        changes,
+    })
+}
+
+/// The bytes orjson would read from a line's raw value, or `None` for a type it refuses.
+fn raw_bytes<'a>(raw: &'a Bound<'_, PyAny>) -> PyResult<Option<std::borrow::Cow<'a, [u8]>>> {
+    if let Ok(bytes) = raw.cast::<PyBytes>() {
+        return Ok(Some(std::borrow::Cow::Borrowed(bytes.as_bytes())));
+    }
+    if let Ok(text) = raw.cast::<PyString>() {
+        return Ok(Some(std::borrow::Cow::Owned(
+            text.to_str()?.as_bytes().to_vec(),
+        )));
+    }
+    if let Ok(array) = raw.cast::<PyByteArray>() {
+        return Ok(Some(std::borrow::Cow::Owned(array.to_vec())));
+    }
+    if raw.get_type().name()? == "memoryview" {
+        let copied = raw.py().get_type::<PyBytes>().call1((raw,))?;
+        return Ok(Some(std::borrow::Cow::Owned(
+            copied.cast::<PyBytes>()?.as_bytes().to_vec(),
+        )));
+    }
+    Ok(None)
+}
+
+/// `route_lines`: `[(source, position, raw bytes | BadLine), ...]` → `RoutedLines` whose
+/// values are `MarketChanges`.
+#[pyfunction]
+pub fn route_lines<'py>(py: Python<'py>, lines: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let classes = classes(py)?;
+    let bad_line = classes.bad_line.bind(py);
+    let mut markets: Vec<MarketChanges> = Vec::new();
+    let mut market_index: HashMap<String, usize> = HashMap::new();
+    let bad = PyList::empty(py);
+    let count = lines.len()?;
+    for line in lines.try_iter()? {
+        let (source, position, raw): (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>) =
+            line?.extract()?;
+        if raw.get_type().is(bad_line) {
+            bad.append(raw)?;
+            continue;
+        }
+        let parsed = match raw_bytes(&raw)? {
+            Some(bytes) => parse_message(&bytes)?,
+            None => Parsed::Bad("malformed_json"),
+        };
+        match parsed {
+            Parsed::Skip => {}
+            Parsed::Bad(reason) => {
+                let raw = match raw.cast::<PyString>() {
+                    Ok(text) => PyBytes::new(py, text.to_str()?.as_bytes()).into_any(),
+                    Err(_) => raw,
+                };
+                bad.append(new_record(
+                    py,
+                    &classes.bad_line,
+                    [source, position, reason.into_pyobject(py)?.into_any(), raw],
+                )?)?;
+            }
+            Parsed::Changes {
+                publish_time_ms,
+                clk,
+                changes,
+            } => {
+                let source = source.unbind();
+                let position = position.unbind();
+                for (market_id, change) in changes {
+                    let item = ChangeItem {
+                        publish_time_ms,
+                        clk: clk.clone(),
+                        change,
+                        source: source.clone_ref(py),
+                        position: position.clone_ref(py),
+                    };
+                    match market_index.get(market_id.as_str()) {
+                        Some(&index) => markets[index].items.push(item),
+                        None => {
+                            market_index.insert(market_id.to_string(), markets.len());
+                            markets.push(MarketChanges {
+                                market_id: market_id.to_string(),
+                                items: vec![item],
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let by_market = PyDict::new(py);
+    for market in markets {
+        let market_id = market.market_id.clone();
+        by_market.set_item(market_id, Bound::new(py, market)?)?;
+    }
+    new_record(
+        py,
+        &classes.routed_lines,
+        [
+            by_market.into_any(),
+            bad.into_any(),
+            count.into_pyobject(py)?.into_any(),
+        ],
+    )
+}

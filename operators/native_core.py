@@ -1,0 +1,55 @@
+"""The one place that picks the market operators' implementation.
+
+`velo_native` (the Rust crate in `native/`) routes lines and runs the per-market state machine
+with exactly the records of the pure-Python `operators/` code, several times faster. The
+Python stays the readable reference and the fallback: it is used when the extension is not
+installed (no Rust toolchain) or when the environment says `VELO_NATIVE=0`.
+
+The two implementations hand different objects between routing and processing (native routing
+keeps each market's changes parsed in Rust, as an opaque picklable `MarketChanges`), so a
+flow takes both functions from here, never one from each.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from operators import stream_messages
+from operators.market_processor import MarketProcessor
+
+try:
+    import velo_native
+except ImportError:  # no compiled core in this environment
+    velo_native = None
+
+
+class Operators(NamedTuple):
+    """One implementation of routing and the per-market processor."""
+
+    name: str
+    route_lines: Callable[[list], stream_messages.RoutedLines]
+    """`[(source, position, raw | BadLine), ...]` → `RoutedLines` (values: market changes)."""
+    new_market_processor: Callable[..., Any]
+    """`(market_id, window_seconds=…, persisted_window_seconds=…, keep_deltas=False)` → an
+    object with `process(changes, out)`, `finish(out)` and `market_id`, picklable."""
+
+
+PYTHON = Operators("python", stream_messages.route_lines, MarketProcessor)
+NATIVE: Operators | None = (
+    Operators("native", velo_native.route_lines, velo_native.MarketProcessor)
+    if velo_native is not None
+    else None
+)
+NATIVE_AVAILABLE = NATIVE is not None
+
+SELECTED = NATIVE if NATIVE is not None and os.environ.get("VELO_NATIVE") != "0" else PYTHON
+"""What the flows use: native when installed, unless `VELO_NATIVE=0`."""
+route_lines = SELECTED.route_lines
+new_market_processor = SELECTED.new_market_processor
+
+
+def market_id_of(changes: Any) -> str:
+    """The market of one routed value: a native `MarketChanges` or a list of `MarketChange`."""
+    return changes.market_id if hasattr(changes, "market_id") else changes[0].market_id
