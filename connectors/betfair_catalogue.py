@@ -258,10 +258,10 @@ def result_from_market_book(book: Any, card: Racecard) -> RaceResult:
 
     Betfair settles a WIN market with WINNER (dead-heaters: several), LOSER and REMOVED; it
     gives no finishing order beyond the winner. So a winner is `finished` in position 1, a
-    loser `did_not_finish` with `non_finish_code` "LOSER" (ran, not first, position unknown:
-    schema v1 has no status for that) and a removed runner `withdrawn`. Every runner that ran
-    carries its BSP as `win_odds`. Identity (race id, date, venue, runner ids) comes from the
-    card this process published. Raises `EventValidationError` when the book cannot be a result.
+    loser `unplaced` (ran, not first, position unknown) and a removed runner `withdrawn`.
+    Every runner that ran carries its BSP as `win_odds`. Identity (race id, date, venue,
+    runner ids) comes from the card this process published. Raises `EventValidationError` when
+    the book cannot be a result.
     """
     if not isinstance(book, dict):
         raise EventValidationError("market book is not an object")
@@ -285,7 +285,7 @@ def result_from_market_book(book: Any, card: Racecard) -> RaceResult:
             fields |= {"status": FinishStatus.FINISHED, "finish_position": 1}
             fields |= {"dead_heat": winners > 1, "win_odds": _bsp(runner)}
         elif status == "LOSER":
-            fields |= {"status": FinishStatus.DID_NOT_FINISH, "non_finish_code": "LOSER"}
+            fields["status"] = FinishStatus.UNPLACED
             fields["win_odds"] = _bsp(runner)
         elif status in WITHDRAWN_RUNNER_STATUSES:
             fields |= {"status": FinishStatus.WITHDRAWN, "non_finish_code": status}

@@ -46,6 +46,8 @@ class RunnerStatus(StrEnum):
 
 class FinishStatus(StrEnum):
     FINISHED = "finished"
+    UNPLACED = "unplaced"
+    """Ran and finished behind the placed runners, position not reported (Betfair's LOSER)."""
     DID_NOT_FINISH = "did_not_finish"
     DISQUALIFIED = "disqualified"
     WITHDRAWN = "withdrawn"

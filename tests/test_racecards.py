@@ -402,8 +402,8 @@ def test_settled_win_books_become_results(recorded: list[RecordedMarket]) -> Non
                 assert (runner.status, runner.finish_position) == (FinishStatus.FINISHED, 1)
                 assert not runner.dead_heat and runner.win_odds == bsp
             elif status == "LOSER":
-                assert runner.status is FinishStatus.DID_NOT_FINISH
-                assert (runner.non_finish_code, runner.finish_position) == ("LOSER", None)
+                assert runner.status is FinishStatus.UNPLACED
+                assert (runner.non_finish_code, runner.finish_position) == (None, None)
                 assert runner.win_odds == bsp
             else:
                 assert status == "REMOVED" and runner.status is FinishStatus.WITHDRAWN
