@@ -43,6 +43,13 @@ NATIVE: Operators | None = (
     else None
 )
 NATIVE_AVAILABLE = NATIVE is not None
+CopyRows = velo_native.CopyRows if velo_native is not None else None
+"""COPY mode of the native processor (None without it): `rows = CopyRows()`, then
+`processor.process(changes, out, rows)` / `processor.finish(out, rows)` put runner ticks,
+market ticks, windows and live windows into `rows` instead of `out`'s lists. Per table
+(`rows.runner_ticks`, `.market_ticks`, `.windows`, `.live_windows`): `.table`, `.rows`,
+`.data` (PostgreSQL binary COPY tuples, no header or trailer; ValueError where psycopg would
+refuse a value) and `.records()` (the NamedTuples the Python processor makes)."""
 
 SELECTED = NATIVE if NATIVE is not None and os.environ.get("VELO_NATIVE") != "0" else PYTHON
 """What the flows use: native when installed, unless `VELO_NATIVE=0`."""

@@ -513,3 +513,119 @@ def test_publish_times_equal_python_datetimes() -> None:
             ms_to_datetime(ms)
         with pytest.raises(python_error.type):
             velo_native.ms_to_datetime(ms)
+
+
+# -- COPY mode: ticks and windows as PostgreSQL binary COPY tuples -------------------------------
+
+COPY_KINDS = ("runner_ticks", "market_ticks", "windows", "live_windows")
+COLUMN_TYPES = {
+    "runner_ticks": "text int8 float8 timestamptz int8 text bool float8 float8 float8 float8 "
+    "float8 float8 int4 float8 float8 float8 float8 float8 float8",
+    "market_ticks": "text timestamptz int8 text bool float8 float8 float8 int4 float8",
+    "window_aggregates": "text int8 float8 int4 timestamptz timestamptz int4 float8 float8 float8 "
+    "float8 int4 float8 float8 float8 float8 float8 float8 float8",
+}
+"""Column types of the tables in `sql/migrations` (0002), in record field order."""
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+COPY_TRAILER = b"\xff\xff"
+
+
+def replay_copy(lines: list, source: str) -> tuple[SinkBatch, object]:
+    """`replay` in COPY mode: ticks and windows into one `CopyRows`, the rest into the batch."""
+    processors: dict[str, object] = {}
+    out = SinkBatch()
+    copy_rows = velo_native.CopyRows()
+    for start in range(0, len(lines), 250):
+        routed = NATIVE.route_lines([(source, p, raw) for p, raw in lines[start : start + 250]])
+        out.dead_letters.extend(routed.bad)
+        out.lines += routed.lines
+        batch_rows = velo_native.CopyRows()
+        for market_id, changes in routed.by_market.items():
+            processor = processors.get(market_id)
+            if processor is None:
+                processor = processors[market_id] = NATIVE.new_market_processor(
+                    market_id, keep_deltas=True
+                )
+            processor.process(changes, out, batch_rows)
+        copy_rows.extend(pickle.loads(pickle.dumps(batch_rows)))
+    for processor in processors.values():
+        processor.finish(out, copy_rows)
+    return out, copy_rows
+
+
+def with_copied_records(out: SinkBatch, copy_rows: object) -> SinkBatch:
+    for kind in COPY_KINDS:
+        assert getattr(out, kind) == [], f"{kind} went to the batch in COPY mode"
+        setattr(out, kind, getattr(copy_rows, kind).records())
+    return out
+
+
+def psycopg_copy_tuples(table: str, records: list) -> bytes:
+    """What psycopg's binary COPY (`set_types` + `write_row`) sends for these records."""
+    from psycopg import adapters
+    from psycopg.adapt import Transformer
+    from psycopg.pq import Format
+
+    oids = [adapters.types[name].oid for name in COLUMN_TYPES[table].split()]
+    transformer = Transformer()
+    transformer.set_dumper_types(oids, Format.BINARY)
+    formats = [Format.BINARY] * len(oids)
+    data = bytearray()
+    for record in records:
+        data += struct.pack("!h", len(oids))
+        for value in transformer.dump_sequence(record, formats):
+            data += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value))
+            data += value or b""
+    return bytes(data)
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", [*HORSE_RACING_FILES, SIMULATED_DAY, MUTATED_DAY])
+def test_copy_mode_gives_the_same_records_and_psycopg_bytes(betfair_dir: Path, name: str) -> None:
+    lines = list(stream_lines(name, betfair_dir))
+    python = replay(lines, name, PYTHON)
+    out, copy_rows = replay_copy(lines, name)
+    assert first_difference(python, with_copied_records(out, copy_rows)) is None
+    for kind in COPY_KINDS:
+        table = getattr(copy_rows, kind)
+        assert table.rows == len(getattr(python, kind))
+        assert table.data == psycopg_copy_tuples(table.table, getattr(python, kind)), kind
+
+
+def test_copy_data_loads_into_postgresql(scratch_database_factory) -> None:
+    import psycopg
+
+    from sql.migrate import PLAIN, upgrade
+
+    url = scratch_database_factory()
+    upgrade(url, PLAIN)
+    lines = list(enumerate(simulate_day(seed=9, markets=2, messages_per_market=500), start=1))
+    _, copy_rows = replay_copy(lines, "sim")
+    with psycopg.connect(url) as conn:
+        for kind in ("runner_ticks", "market_ticks", "windows"):
+            table = getattr(copy_rows, kind)
+            with conn.cursor().copy(f"COPY {table.table} FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(COPY_HEADER + table.data + COPY_TRAILER)
+            columns = ", ".join(
+                conn.execute(f"SELECT * FROM {table.table} LIMIT 0").description[i].name
+                for i in range(len(COLUMN_TYPES[table.table].split()))
+            )
+            stored = conn.execute(f"SELECT {columns} FROM {table.table}").fetchall()
+            expected = [tuple(record) for record in table.records()]
+            assert sorted(stored, key=repr) == sorted(expected, key=repr), kind
+
+
+def test_copy_data_refuses_what_psycopg_would_refuse() -> None:
+    odd_status = message({"id": MARKET, "marketDefinition": definition(status=5)})
+    lines = [IMAGE, odd_status, UPDATE]
+    processor = NATIVE.new_market_processor(MARKET)
+    copy_rows = velo_native.CopyRows()
+    for position, raw in enumerate(lines, start=1):
+        changes = NATIVE.route_lines([("s", position, raw)]).by_market[MARKET]
+        processor.process(changes, SinkBatch(), copy_rows)
+    with pytest.raises(ValueError, match="market_ticks row 1"):
+        _ = copy_rows.market_ticks.data
+    assert [tick.status for tick in copy_rows.market_ticks.records()] == ["OPEN", 5]
+    assert copy_rows.runner_ticks.data == psycopg_copy_tuples(
+        "runner_ticks", copy_rows.runner_ticks.records()
+    )

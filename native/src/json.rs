@@ -494,24 +494,26 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
         let start = self.context.entries.borrow().len();
-        let mut index: HashMap<SmallString, usize> = HashMap::new();
-        while let Some(key) = map.next_key::<KeySeed>()? {
-            let key = key.0;
+        // Keys are found by a scan; a long object gets a hash index (duplicate keys).
+        let mut index: Option<HashMap<SmallString, usize>> = None;
+        while let Some(KeySeed(key)) = map.next_key::<KeySeed>()? {
             let value = map.next_value_seed(self.nested()?)?;
             let mut stack = self.context.entries.borrow_mut();
             let entries = &mut stack[start..];
-            let existing = if entries.len() < INDEXED_OBJECT_LEN {
-                entries.iter().position(|(k, _)| *k == key)
-            } else {
-                if index.is_empty() {
-                    index.extend(entries.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)));
+            let existing = match &mut index {
+                None if entries.len() < INDEXED_OBJECT_LEN => {
+                    entries.iter().position(|(k, _)| *k == key)
                 }
-                index.get(&key).copied()
+                None => {
+                    let built = entries.iter().enumerate().map(|(i, (k, _))| (k.clone(), i));
+                    index.insert(built.collect()).get(&key).copied()
+                }
+                Some(index) => index.get(&key).copied(),
             };
             match existing {
                 Some(position) => entries[position].1 = value,
                 None => {
-                    if !index.is_empty() {
+                    if let Some(index) = &mut index {
                         index.insert(key.clone(), entries.len());
                     }
                     stack.push((key, value));

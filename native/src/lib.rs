@@ -6,6 +6,7 @@
 
 use pyo3::prelude::*;
 
+mod copy_rows;
 mod json;
 mod market_book;
 mod number;
@@ -42,5 +43,8 @@ fn velo_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(ms_to_datetime, module)?)?;
     module.add_class::<route::MarketChanges>()?;
     module.add_class::<processor::NativeMarketProcessor>()?;
+    module.add_class::<copy_rows::CopyRows>()?;
+    module.add_class::<copy_rows::CopyTable>()?;
+    module.add_function(wrap_pyfunction!(copy_rows::_restore_copy_rows, module)?)?;
     Ok(())
 }

@@ -73,9 +73,16 @@ impl Num {
     }
 
     pub fn py_cmp(self, other: Num) -> Ordering {
+        const EXACT: i64 = 1 << 53;
         match (self, other) {
             (Num::Float(a), Num::Float(b)) => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
             (Num::Int(a), Num::Int(b)) => a.cmp(&b),
+            (Num::Int(a), Num::Float(b)) if (-EXACT..=EXACT).contains(&a) => {
+                (a as f64).partial_cmp(&b).unwrap_or(Ordering::Equal)
+            }
+            (Num::Float(a), Num::Int(b)) if (-EXACT..=EXACT).contains(&b) => {
+                a.partial_cmp(&(b as f64)).unwrap_or(Ordering::Equal)
+            }
             _ => compare(self.wide(), other.wide()),
         }
     }

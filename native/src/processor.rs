@@ -3,17 +3,22 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use std::sync::Arc;
+
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use serde::{Deserialize, Serialize};
 
+use crate::copy_rows::{
+    append_market_ticks, append_runner_ticks, append_windows, CopyRows, MarketTickRow,
+    RunnerTickRow, WindowRows,
+};
 use crate::json::{get, num_to_py, Entries, Json, DUMP_MAX_DEPTH};
 use crate::market_book::MarketBook;
 use crate::number::Num;
-use crate::records::{
-    classes, new_record, parse_betfair_time, DatetimeCache, StringCache, UtcTime,
-};
+use crate::number::Wide;
+use crate::records::{classes, new_record, parse_betfair_time, UtcTime};
 use crate::route::{ChangeItem, MarketChanges};
-use crate::runner_book::{Delta, TickValues};
+use crate::runner_book::Delta;
 use crate::windows::{ClosedWindow, MarketWindows};
 
 /// `DeadLetter.raw` keeps this many characters of the change's JSON.
@@ -39,22 +44,6 @@ impl MarketValues {
             && self.lay_overround == other.lay_overround
             && self.active_runners == other.active_runners
     }
-}
-
-pub struct RunnerTickRow {
-    pub selection_id: Json,
-    pub handicap: f64,
-    pub publish_time: UtcTime,
-    pub seq: i64,
-    pub values: TickValues,
-    pub seconds_to_off: Option<f64>,
-}
-
-pub struct MarketTickRow {
-    pub publish_time: UtcTime,
-    pub seq: i64,
-    pub values: MarketValues,
-    pub seconds_to_off: Option<f64>,
 }
 
 /// The frequent records of one `process` call, kept in Rust until they are handed over.
@@ -158,7 +147,7 @@ impl ProcessorState {
         self.seq += 1;
         let seq = self.seq;
         *messages += 1;
-        self.windows.advance(publish_ms, &mut rows.windows);
+        self.windows.advance(publish_ms, &mut rows.windows)?;
 
         let deltas = if self.keep_deltas {
             Some(&mut rows.deltas)
@@ -180,6 +169,7 @@ impl ProcessorState {
         }
 
         let in_play = self.book.in_play;
+        let market_id: Arc<str> = Arc::from(self.market_id.as_str());
         for &index in &applied.touched {
             let runner = &mut self.book.runners[index];
             let values = runner.tick_values(in_play)?;
@@ -197,6 +187,7 @@ impl ProcessorState {
             if changed {
                 runner.last_tick = Some(values.clone());
                 rows.runner_ticks.push(RunnerTickRow {
+                    market_id: market_id.clone(),
                     selection_id: runner.tick_key.0.clone(),
                     handicap: runner.tick_key.1,
                     publish_time,
@@ -226,6 +217,7 @@ impl ProcessorState {
         {
             self.last_market_values = Some(values.clone());
             rows.market_ticks.push(MarketTickRow {
+                market_id,
                 publish_time,
                 seq,
                 values,
@@ -373,159 +365,65 @@ impl ProcessorState {
     }
 }
 
-/// Python objects for the values of the frequent records.
-fn option_num<'py>(py: Python<'py>, value: Option<Num>) -> PyResult<Bound<'py, PyAny>> {
-    match value {
-        Some(number) => num_to_py(py, number),
-        None => Ok(py.None().into_bound(py)),
-    }
-}
-
-fn option_float<'py>(py: Python<'py>, value: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
-    match value {
-        Some(number) => Ok(number.into_pyobject(py)?.into_any()),
-        None => Ok(py.None().into_bound(py)),
-    }
-}
-
-fn option_int<'py>(py: Python<'py>, value: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
-    match value {
-        Some(number) => Ok(number.into_pyobject(py)?.into_any()),
-        None => Ok(py.None().into_bound(py)),
-    }
-}
-
-/// Hands the Rust rows of a call over as Python records, appended to the batch's lists.
-fn append_records(
-    py: Python<'_>,
-    state: &ProcessorState,
-    rows: Rows,
-    batch: &Bound<'_, PyAny>,
-) -> PyResult<()> {
-    let classes = classes(py)?;
-    let market_id = PyString::new(py, &state.market_id).into_any();
-    let mut datetimes = DatetimeCache::new();
-    let mut statuses = StringCache::new();
-    let runner_ticks = batch.getattr("runner_ticks")?.cast_into::<PyList>()?;
-    for row in rows.runner_ticks {
-        let v = row.values;
-        runner_ticks.append(new_record(
-            py,
-            &classes.runner_tick,
-            [
-                market_id.clone(),
-                row.selection_id.to_py(py)?,
-                row.handicap.into_pyobject(py)?.into_any(),
-                datetimes.get(py, row.publish_time)?,
-                row.seq.into_pyobject(py)?.into_any(),
-                statuses.get(py, &v.status)?,
-                v.in_play.into_pyobject(py)?.to_owned().into_any(),
-                option_num(py, v.back)?,
-                option_num(py, v.back_size)?,
-                option_num(py, v.lay)?,
-                option_num(py, v.lay_size)?,
-                option_num(py, v.ltp)?,
-                v.volume.into_pyobject(py)?.into_any(),
-                option_int(py, v.spread)?,
-                option_float(py, v.wom.map(|wom| wom.value))?,
-                option_float(py, v.implied)?,
-                option_float(py, v.vwap)?,
-                option_num(py, v.spn)?,
-                option_num(py, v.spf)?,
-                option_float(py, row.seconds_to_off)?,
-            ],
-        )?)?;
-    }
-    let market_ticks = batch.getattr("market_ticks")?.cast_into::<PyList>()?;
-    for row in rows.market_ticks {
-        let v = row.values;
-        market_ticks.append(new_record(
-            py,
-            &classes.market_tick,
-            [
-                market_id.clone(),
-                datetimes.get(py, row.publish_time)?,
-                row.seq.into_pyobject(py)?.into_any(),
-                statuses.get(py, &v.status)?,
-                v.in_play.into_pyobject(py)?.to_owned().into_any(),
-                v.total_matched.to_py(py)?,
-                option_float(py, v.back_overround)?,
-                option_float(py, v.lay_overround)?,
-                v.active_runners.into_pyobject(py)?.into_any(),
-                option_float(py, row.seconds_to_off)?,
-            ],
-        )?)?;
-    }
-    append_windows(py, &market_id, rows.windows, batch)?;
-    if !rows.deltas.is_empty() {
-        let deltas = batch.getattr("deltas")?.cast_into::<PyList>()?;
-        for delta in rows.deltas {
-            let runner = &state.book.runners[delta.runner];
-            deltas.append(new_record(
-                py,
-                &classes.ladder_delta,
-                [
-                    runner.selection_id.to_py(py)?,
-                    runner.handicap.into_pyobject(py)?.into_any(),
-                    delta.side.name().into_pyobject(py)?.into_any(),
-                    num_to_py(py, delta.price)?,
-                    match delta.size_delta {
-                        crate::number::Wide::Int(int) => int.into_pyobject(py)?.into_any(),
-                        crate::number::Wide::Float(float) => float.into_pyobject(py)?.into_any(),
-                    },
-                ],
-            )?)?;
+impl Rows {
+    /// Hand the rows over: into `copy_rows` (COPY mode) or as records into `batch`'s lists.
+    fn hand_over(
+        self,
+        py: Python<'_>,
+        state: &ProcessorState,
+        batch: &Bound<'_, PyAny>,
+        copy_rows: Option<&Bound<'_, CopyRows>>,
+    ) -> PyResult<()> {
+        let market_id: Arc<str> = Arc::from(state.market_id.as_str());
+        let (windows, live_windows): (Vec<_>, Vec<_>) = self
+            .windows
+            .into_iter()
+            .map(|window| WindowRows {
+                market_id: market_id.clone(),
+                window,
+            })
+            .partition(|rows| rows.window.persisted);
+        let list = |name: &str| -> PyResult<Bound<'_, PyList>> {
+            Ok(batch.getattr(name)?.cast_into::<PyList>()?)
+        };
+        match copy_rows {
+            Some(copy_rows) => {
+                let mut copy_rows = copy_rows.try_borrow_mut()?;
+                copy_rows.runner_ticks.extend(self.runner_ticks);
+                copy_rows.market_ticks.extend(self.market_ticks);
+                copy_rows.windows.extend(windows);
+                copy_rows.live_windows.extend(live_windows);
+            }
+            None => {
+                append_runner_ticks(py, &self.runner_ticks, &list("runner_ticks")?)?;
+                append_market_ticks(py, &self.market_ticks, &list("market_ticks")?)?;
+                append_windows(py, &windows, &list("windows")?)?;
+                append_windows(py, &live_windows, &list("live_windows")?)?;
+            }
         }
-    }
-    Ok(())
-}
-
-fn append_windows(
-    py: Python<'_>,
-    market_id: &Bound<'_, PyAny>,
-    closed: Vec<ClosedWindow>,
-    batch: &Bound<'_, PyAny>,
-) -> PyResult<()> {
-    if closed.is_empty() {
-        return Ok(());
-    }
-    let classes = classes(py)?;
-    let persisted = batch.getattr("windows")?.cast_into::<PyList>()?;
-    let live = batch.getattr("live_windows")?.cast_into::<PyList>()?;
-    for window in closed {
-        let out = if window.persisted { &persisted } else { &live };
-        let start = UtcTime::from_ms(window.start_ms)?.to_py(py)?;
-        let end = UtcTime::from_ms(window.start_ms + window.seconds as i128 * 1000)?.to_py(py)?;
-        let seconds = window.seconds.into_pyobject(py)?.into_any();
-        for acc in window.accumulators {
-            out.append(new_record(
-                py,
-                &classes.window_aggregate,
-                [
-                    market_id.clone(),
-                    acc.selection_id.to_py(py)?,
-                    acc.handicap.into_pyobject(py)?.into_any(),
-                    seconds.clone(),
-                    start.clone(),
-                    end.clone(),
-                    acc.updates.into_pyobject(py)?.into_any(),
-                    option_num(py, acc.open)?,
-                    option_num(py, acc.high)?,
-                    option_num(py, acc.low)?,
-                    option_num(py, acc.close)?,
-                    option_int(py, acc.price_move_ticks())?,
-                    acc.traded.into_pyobject(py)?.into_any(),
-                    acc.back_added.into_pyobject(py)?.into_any(),
-                    acc.back_removed.into_pyobject(py)?.into_any(),
-                    acc.lay_added.into_pyobject(py)?.into_any(),
-                    acc.lay_removed.into_pyobject(py)?.into_any(),
-                    option_float(py, acc.wom_open)?,
-                    option_float(py, acc.wom_close)?,
-                ],
-            )?)?;
+        if !self.deltas.is_empty() {
+            let deltas = list("deltas")?;
+            let class = &classes(py)?.ladder_delta;
+            for delta in self.deltas {
+                let runner = &state.book.runners[delta.runner];
+                deltas.append(new_record(
+                    py,
+                    class,
+                    [
+                        runner.selection_id.to_py(py)?,
+                        runner.handicap.into_pyobject(py)?.into_any(),
+                        delta.side.name().into_pyobject(py)?.into_any(),
+                        num_to_py(py, delta.price)?,
+                        match delta.size_delta {
+                            Wide::Int(int) => int.into_pyobject(py)?.into_any(),
+                            Wide::Float(float) => float.into_pyobject(py)?.into_any(),
+                        },
+                    ],
+                )?)?;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Order book, windows and record emission for one market, in Rust (same interface and
@@ -579,13 +477,15 @@ impl NativeMarketProcessor {
         self.state.keep_deltas
     }
 
-    /// Apply the market's changes in order; records go to `out` (a new `SinkBatch` if None).
-    #[pyo3(signature = (changes, out = None))]
+    /// Apply the market's changes in order; records go to `out` (a new `SinkBatch` if None),
+    /// except that with `copy_rows` the ticks and windows go there (see `CopyRows`).
+    #[pyo3(signature = (changes, out = None, copy_rows = None))]
     fn process<'py>(
         &mut self,
         py: Python<'py>,
         changes: &Bound<'py, PyAny>,
         out: Option<Bound<'py, PyAny>>,
+        copy_rows: Option<&Bound<'py, CopyRows>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let changes = changes.cast::<MarketChanges>().map_err(|_| {
             PyTypeError::new_err("the native processor takes velo_native.route_lines output")
@@ -606,22 +506,24 @@ impl NativeMarketProcessor {
                 break;
             }
         }
-        append_records(py, &self.state, rows, &sink.batch)?;
+        rows.hand_over(py, &self.state, &sink.batch, copy_rows)?;
         let counted: i64 = sink.batch.getattr("messages")?.extract()?;
         sink.batch.setattr("messages", counted + messages)?;
         result.map(|()| sink.batch)
     }
 
-    /// End of stream: close open windows and add the per-runner final snapshot.
+    /// End of stream: close open windows and add the per-runner final snapshot (windows go
+    /// to `copy_rows` when given).
+    #[pyo3(signature = (out, copy_rows = None))]
     fn finish<'py>(
         &mut self,
         py: Python<'py>,
         out: Bound<'py, PyAny>,
+        copy_rows: Option<&Bound<'py, CopyRows>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut closed = Vec::new();
-        self.state.windows.flush(&mut closed);
-        let market_id = PyString::new(py, &self.state.market_id).into_any();
-        append_windows(py, &market_id, closed, &out)?;
+        let mut rows = Rows::default();
+        self.state.windows.flush(&mut rows.windows)?;
+        rows.hand_over(py, &self.state, &out, copy_rows)?;
         self.state
             .snapshots(py, &out.getattr("snapshots")?.cast_into::<PyList>()?)?;
         Ok(out)

@@ -111,7 +111,7 @@ pub fn parse_betfair_time<'py>(py: Python<'py>, value: &Json) -> PyResult<Bound<
 }
 
 /// A UTC time as `datetime.fromtimestamp(ms / 1000, UTC)` gives it, field by field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UtcTime {
     pub year: i64,
     pub month: u8,
@@ -172,6 +172,12 @@ impl UtcTime {
             microsecond: fraction as u32,
             epoch_seconds,
         })
+    }
+
+    /// Microseconds since 2000-01-01 UTC: PostgreSQL's binary `timestamptz`.
+    pub fn postgres_microseconds(self) -> i64 {
+        const POSTGRES_EPOCH_SECONDS: i64 = 946_684_800;
+        (self.epoch_seconds - POSTGRES_EPOCH_SECONDS) * 1_000_000 + self.microsecond as i64
     }
 
     pub fn to_py<'py>(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

@@ -1,12 +1,14 @@
 //! Event-time tumbling windows: `operators/windows.py` in Rust (same boundaries, same
 //! accumulation order, same emission order).
 
+use pyo3::PyResult;
 use serde::{Deserialize, Serialize};
 
 use crate::json::Json;
 use crate::market_book::MarketBook;
 use crate::number::Num;
 use crate::price_ladder::ticks_between;
+use crate::records::UtcTime;
 
 /// One window's `WindowAggregate` under construction, in its field order.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,10 +37,12 @@ impl Accumulator {
 }
 
 /// All accumulators of one window that just closed, in first-seen order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClosedWindow {
     pub seconds: i64,
     pub persisted: bool,
-    pub start_ms: i128,
+    pub start: UtcTime,
+    pub end: UtcTime,
     pub accumulators: Vec<Accumulator>,
 }
 
@@ -61,18 +65,24 @@ impl Window {
         self.seconds as i128 * 1000
     }
 
-    fn close(&mut self, start_ms: i128, closed: &mut Vec<ClosedWindow>) {
+    /// Hand over the window's accumulators; its bounds become datetimes here, where the
+    /// Python makes them (and raises for a time out of datetime's range).
+    fn close(&mut self, start_ms: i128, closed: &mut Vec<ClosedWindow>) -> PyResult<()> {
         if self.accumulators.is_empty() {
-            return;
+            return Ok(());
         }
+        let start = UtcTime::from_ms(start_ms)?;
+        let end = UtcTime::from_ms(start_ms + self.length_ms())?;
         self.runner_slots.fill(NO_SLOT);
         self.market_slot = None;
         closed.push(ClosedWindow {
             seconds: self.seconds,
             persisted: self.persisted,
-            start_ms,
+            start,
+            end,
             accumulators: std::mem::take(&mut self.accumulators),
         });
+        Ok(())
     }
 }
 
@@ -108,9 +118,13 @@ impl MarketWindows {
     }
 
     /// Close every window that ends at or before `publish_time_ms`.
-    pub fn advance(&mut self, publish_time_ms: i128, closed: &mut Vec<ClosedWindow>) {
+    pub fn advance(
+        &mut self,
+        publish_time_ms: i128,
+        closed: &mut Vec<ClosedWindow>,
+    ) -> PyResult<()> {
         if self.next_end_ms.is_some_and(|next| publish_time_ms < next) {
-            return;
+            return Ok(());
         }
         let mut next_end: Option<i128> = None;
         for window in &mut self.windows {
@@ -119,7 +133,7 @@ impl MarketWindows {
                 previous => {
                     let length = window.length_ms();
                     if let Some(end) = previous {
-                        window.close(end - length, closed);
+                        window.close(end - length, closed)?;
                     }
                     let end = publish_time_ms - publish_time_ms.rem_euclid(length) + length;
                     window.end_ms = Some(end);
@@ -129,6 +143,7 @@ impl MarketWindows {
             next_end = Some(next_end.map_or(end, |next| next.min(end)));
         }
         self.next_end_ms = next_end;
+        Ok(())
     }
 
     /// Add what one message did to each touched runner, and to the market, to every window.
@@ -259,13 +274,14 @@ impl MarketWindows {
     }
 
     /// Close all open windows (end of stream).
-    pub fn flush(&mut self, closed: &mut Vec<ClosedWindow>) {
+    pub fn flush(&mut self, closed: &mut Vec<ClosedWindow>) -> PyResult<()> {
         for window in &mut self.windows {
             if let Some(end) = window.end_ms.take() {
                 let length = window.length_ms();
-                window.close(end - length, closed);
+                window.close(end - length, closed)?;
             }
         }
         self.next_end_ms = None;
+        Ok(())
     }
 }

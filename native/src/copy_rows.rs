@@ -1,0 +1,593 @@
+//! The frequent records — runner ticks, market ticks, windows — as Rust rows, handed over
+//! either as the NamedTuples of `operators/records.py` or, in COPY mode, as PostgreSQL binary
+//! COPY tuples, the records being built only for a consumer that asks for them.
+//!
+//! Most of the native processor's time used to go into making ~6 Python objects per stream
+//! line that the sink then turned straight into bytes; COPY mode writes the bytes directly.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use serde::{Deserialize, Serialize};
+
+use crate::json::{num_to_py, Json};
+use crate::number::Num;
+use crate::processor::MarketValues;
+use crate::records::{classes, new_record, DatetimeCache, StringCache, UtcTime};
+use crate::runner_book::TickValues;
+use crate::windows::{Accumulator, ClosedWindow};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunnerTickRow {
+    pub market_id: Arc<str>,
+    pub selection_id: Json,
+    pub handicap: f64,
+    pub publish_time: UtcTime,
+    pub seq: i64,
+    pub values: TickValues,
+    pub seconds_to_off: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MarketTickRow {
+    pub market_id: Arc<str>,
+    pub publish_time: UtcTime,
+    pub seq: i64,
+    pub values: MarketValues,
+    pub seconds_to_off: Option<f64>,
+}
+
+/// One closed window of one market: a `WindowAggregate` per accumulator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WindowRows {
+    pub market_id: Arc<str>,
+    pub window: ClosedWindow,
+}
+
+// -- Python records ------------------------------------------------------------------------
+
+fn option_num<'py>(py: Python<'py>, value: Option<Num>) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Some(number) => num_to_py(py, number),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+fn option_float<'py>(py: Python<'py>, value: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Some(number) => Ok(number.into_pyobject(py)?.into_any()),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+fn option_int<'py>(py: Python<'py>, value: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Some(number) => Ok(number.into_pyobject(py)?.into_any()),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+/// The last market id converted, reused while rows repeat it (one market per batch).
+struct MarketIdCache<'py> {
+    last: Option<(Arc<str>, Bound<'py, PyAny>)>,
+}
+
+impl<'py> MarketIdCache<'py> {
+    fn get(&mut self, py: Python<'py>, market_id: &Arc<str>) -> Bound<'py, PyAny> {
+        if let Some((cached, object)) = &self.last {
+            if Arc::ptr_eq(cached, market_id) || **cached == **market_id {
+                return object.clone();
+            }
+        }
+        let object = PyString::new(py, market_id).into_any();
+        self.last = Some((market_id.clone(), object.clone()));
+        object
+    }
+}
+
+pub fn append_runner_ticks(
+    py: Python<'_>,
+    rows: &[RunnerTickRow],
+    out: &Bound<'_, PyList>,
+) -> PyResult<()> {
+    let class = &classes(py)?.runner_tick;
+    let mut market_ids = MarketIdCache { last: None };
+    let mut datetimes = DatetimeCache::new();
+    let mut statuses = StringCache::new();
+    for row in rows {
+        let v = &row.values;
+        out.append(new_record(
+            py,
+            class,
+            [
+                market_ids.get(py, &row.market_id),
+                row.selection_id.to_py(py)?,
+                row.handicap.into_pyobject(py)?.into_any(),
+                datetimes.get(py, row.publish_time)?,
+                row.seq.into_pyobject(py)?.into_any(),
+                statuses.get(py, &v.status)?,
+                v.in_play.into_pyobject(py)?.to_owned().into_any(),
+                option_num(py, v.back)?,
+                option_num(py, v.back_size)?,
+                option_num(py, v.lay)?,
+                option_num(py, v.lay_size)?,
+                option_num(py, v.ltp)?,
+                v.volume.into_pyobject(py)?.into_any(),
+                option_int(py, v.spread)?,
+                option_float(py, v.wom.map(|wom| wom.value))?,
+                option_float(py, v.implied)?,
+                option_float(py, v.vwap)?,
+                option_num(py, v.spn)?,
+                option_num(py, v.spf)?,
+                option_float(py, row.seconds_to_off)?,
+            ],
+        )?)?;
+    }
+    Ok(())
+}
+
+pub fn append_market_ticks(
+    py: Python<'_>,
+    rows: &[MarketTickRow],
+    out: &Bound<'_, PyList>,
+) -> PyResult<()> {
+    let class = &classes(py)?.market_tick;
+    let mut market_ids = MarketIdCache { last: None };
+    let mut datetimes = DatetimeCache::new();
+    let mut statuses = StringCache::new();
+    for row in rows {
+        let v = &row.values;
+        out.append(new_record(
+            py,
+            class,
+            [
+                market_ids.get(py, &row.market_id),
+                datetimes.get(py, row.publish_time)?,
+                row.seq.into_pyobject(py)?.into_any(),
+                statuses.get(py, &v.status)?,
+                v.in_play.into_pyobject(py)?.to_owned().into_any(),
+                v.total_matched.to_py(py)?,
+                option_float(py, v.back_overround)?,
+                option_float(py, v.lay_overround)?,
+                v.active_runners.into_pyobject(py)?.into_any(),
+                option_float(py, row.seconds_to_off)?,
+            ],
+        )?)?;
+    }
+    Ok(())
+}
+
+pub fn append_windows(
+    py: Python<'_>,
+    rows: &[WindowRows],
+    out: &Bound<'_, PyList>,
+) -> PyResult<()> {
+    let class = &classes(py)?.window_aggregate;
+    let mut market_ids = MarketIdCache { last: None };
+    for WindowRows { market_id, window } in rows {
+        let market_id = market_ids.get(py, market_id);
+        let start = window.start.to_py(py)?;
+        let end = window.end.to_py(py)?;
+        let seconds = window.seconds.into_pyobject(py)?.into_any();
+        for acc in &window.accumulators {
+            out.append(new_record(
+                py,
+                class,
+                [
+                    market_id.clone(),
+                    acc.selection_id.to_py(py)?,
+                    acc.handicap.into_pyobject(py)?.into_any(),
+                    seconds.clone(),
+                    start.clone(),
+                    end.clone(),
+                    acc.updates.into_pyobject(py)?.into_any(),
+                    option_num(py, acc.open)?,
+                    option_num(py, acc.high)?,
+                    option_num(py, acc.low)?,
+                    option_num(py, acc.close)?,
+                    option_int(py, acc.price_move_ticks())?,
+                    acc.traded.into_pyobject(py)?.into_any(),
+                    acc.back_added.into_pyobject(py)?.into_any(),
+                    acc.back_removed.into_pyobject(py)?.into_any(),
+                    acc.lay_added.into_pyobject(py)?.into_any(),
+                    acc.lay_removed.into_pyobject(py)?.into_any(),
+                    option_float(py, acc.wom_open)?,
+                    option_float(py, acc.wom_close)?,
+                ],
+            )?)?;
+        }
+    }
+    Ok(())
+}
+
+// -- binary COPY ---------------------------------------------------------------------------
+
+/// Why a row cannot be sent the way psycopg would send its record (psycopg would raise, or
+/// silently truncate an int4): the caller writes `records()` on its checked path instead.
+struct Unencodable(&'static str);
+
+/// One tuple of PostgreSQL's binary COPY format: field count, then per field its length
+/// (-1 for NULL) and its bytes, all big-endian — what psycopg's binary dumpers produce for
+/// the column types of `sql/migrations` (text, int8, int4, float8, bool, timestamptz).
+struct Tuple<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl<'a> Tuple<'a> {
+    fn begin(out: &'a mut Vec<u8>, fields: i16) -> Tuple<'a> {
+        out.extend_from_slice(&fields.to_be_bytes());
+        Tuple { out }
+    }
+
+    fn null(&mut self) {
+        self.out.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+
+    /// A fixed-size value (numbers, bool, time): its length, then its bytes.
+    fn fixed<const N: usize>(&mut self, bytes: [u8; N]) {
+        self.out.extend_from_slice(&(N as i32).to_be_bytes());
+        self.out.extend_from_slice(&bytes);
+    }
+
+    fn text(&mut self, value: &str) {
+        self.out
+            .extend_from_slice(&(value.len() as i32).to_be_bytes());
+        self.out.extend_from_slice(value.as_bytes());
+    }
+
+    /// A string into text; None is NULL, like psycopg.
+    fn text_json(&mut self, value: &Json) -> Result<(), Unencodable> {
+        match value {
+            Json::Str(text) => self.text(text),
+            Json::Null => self.null(),
+            _ => return Err(Unencodable("a text column holds a non-string")),
+        }
+        Ok(())
+    }
+
+    fn int8(&mut self, value: i64) {
+        self.fixed(value.to_be_bytes());
+    }
+
+    /// A Python int (or bool) into int8; None is NULL, like psycopg.
+    fn int8_json(&mut self, value: &Json) -> Result<(), Unencodable> {
+        match value {
+            Json::Num(Num::Int(int)) => self.int8(*int),
+            Json::Bool(flag) => self.int8(*flag as i64),
+            Json::Null => self.null(),
+            Json::Num(Num::UInt(_)) => return Err(Unencodable("int too big for int8")),
+            _ => return Err(Unencodable("an int8 column holds a non-integer")),
+        }
+        Ok(())
+    }
+
+    fn int4(&mut self, value: i64) -> Result<(), Unencodable> {
+        let value = i32::try_from(value).map_err(|_| Unencodable("integer out of int4 range"))?;
+        self.fixed(value.to_be_bytes());
+        Ok(())
+    }
+
+    fn option_int4(&mut self, value: Option<i64>) -> Result<(), Unencodable> {
+        match value {
+            Some(value) => return self.int4(value),
+            None => self.null(),
+        }
+        Ok(())
+    }
+
+    fn float8(&mut self, value: f64) {
+        self.fixed(value.to_be_bytes());
+    }
+
+    fn option_float8(&mut self, value: Option<f64>) {
+        match value {
+            Some(value) => self.float8(value),
+            None => self.null(),
+        }
+    }
+
+    fn option_num(&mut self, value: Option<Num>) {
+        self.option_float8(value.map(Num::to_f64));
+    }
+
+    /// A number or bool into float8 (`float(value)`).
+    fn float8_json(&mut self, value: &Json) -> Result<(), Unencodable> {
+        match value.numeric() {
+            Some(number) => self.float8(number.to_f64()),
+            None if matches!(value, Json::Null) => self.null(),
+            None => return Err(Unencodable("a float8 column holds a non-number")),
+        }
+        Ok(())
+    }
+
+    fn boolean(&mut self, value: bool) {
+        self.fixed([value as u8]);
+    }
+
+    fn timestamptz(&mut self, value: UtcTime) {
+        self.fixed(value.postgres_microseconds().to_be_bytes());
+    }
+}
+
+fn encode_runner_tick(row: &RunnerTickRow, out: &mut Vec<u8>) -> Result<(), Unencodable> {
+    let v = &row.values;
+    let mut tuple = Tuple::begin(out, 20);
+    tuple.text(&row.market_id);
+    tuple.int8_json(&row.selection_id)?;
+    tuple.float8(row.handicap);
+    tuple.timestamptz(row.publish_time);
+    tuple.int8(row.seq);
+    tuple.text_json(&v.status)?;
+    tuple.boolean(v.in_play);
+    tuple.option_num(v.back);
+    tuple.option_num(v.back_size);
+    tuple.option_num(v.lay);
+    tuple.option_num(v.lay_size);
+    tuple.option_num(v.ltp);
+    tuple.float8(v.volume);
+    tuple.option_int4(v.spread)?;
+    tuple.option_float8(v.wom.map(|wom| wom.value));
+    tuple.option_float8(v.implied);
+    tuple.option_float8(v.vwap);
+    tuple.option_num(v.spn);
+    tuple.option_num(v.spf);
+    tuple.option_float8(row.seconds_to_off);
+    Ok(())
+}
+
+fn encode_market_tick(row: &MarketTickRow, out: &mut Vec<u8>) -> Result<(), Unencodable> {
+    let v = &row.values;
+    let mut tuple = Tuple::begin(out, 10);
+    tuple.text(&row.market_id);
+    tuple.timestamptz(row.publish_time);
+    tuple.int8(row.seq);
+    tuple.text_json(&v.status)?;
+    tuple.boolean(v.in_play);
+    tuple.float8_json(&v.total_matched)?;
+    tuple.option_float8(v.back_overround);
+    tuple.option_float8(v.lay_overround);
+    tuple.int4(v.active_runners)?;
+    tuple.option_float8(row.seconds_to_off);
+    Ok(())
+}
+
+/// The window's rows; an error names the row (accumulator) that cannot be encoded.
+fn encode_windows(rows: &WindowRows, out: &mut Vec<u8>) -> Result<(), (usize, Unencodable)> {
+    let window = &rows.window;
+    for (index, acc) in window.accumulators.iter().enumerate() {
+        encode_window(rows, acc, out).map_err(|error| (index, error))?;
+    }
+    Ok(())
+}
+
+fn encode_window(
+    rows: &WindowRows,
+    acc: &Accumulator,
+    out: &mut Vec<u8>,
+) -> Result<(), Unencodable> {
+    let window = &rows.window;
+    {
+        let mut tuple = Tuple::begin(out, 19);
+        tuple.text(&rows.market_id);
+        tuple.int8_json(&acc.selection_id)?;
+        tuple.float8(acc.handicap);
+        tuple.int4(window.seconds)?;
+        tuple.timestamptz(window.start);
+        tuple.timestamptz(window.end);
+        tuple.int4(acc.updates)?;
+        tuple.option_num(acc.open);
+        tuple.option_num(acc.high);
+        tuple.option_num(acc.low);
+        tuple.option_num(acc.close);
+        tuple.option_int4(acc.price_move_ticks())?;
+        tuple.float8(acc.traded);
+        tuple.float8(acc.back_added);
+        tuple.float8(acc.back_removed);
+        tuple.float8(acc.lay_added);
+        tuple.float8(acc.lay_removed);
+        tuple.option_float8(acc.wom_open);
+        tuple.option_float8(acc.wom_close);
+    }
+    Ok(())
+}
+
+// -- the Python objects ----------------------------------------------------------------------
+
+/// The frequent rows of one or more `process` calls in COPY mode, per table.
+///
+/// Pass one to `MarketProcessor.process(changes, out, copy_rows)` / `finish(out, copy_rows)`:
+/// runner ticks, market ticks, windows and live (not persisted) windows then go here instead
+/// of into `out`'s lists; everything else still goes to `out`. Picklable.
+#[pyclass(module = "velo_native")]
+#[derive(Default, Serialize, Deserialize)]
+pub struct CopyRows {
+    pub runner_ticks: Vec<RunnerTickRow>,
+    pub market_ticks: Vec<MarketTickRow>,
+    pub windows: Vec<WindowRows>,
+    pub live_windows: Vec<WindowRows>,
+}
+
+#[derive(Clone, Copy)]
+enum TableKind {
+    RunnerTicks,
+    MarketTicks,
+    Windows,
+    LiveWindows,
+}
+
+impl CopyRows {
+    fn count(&self, kind: TableKind) -> usize {
+        let windows = |rows: &[WindowRows]| rows.iter().map(|r| r.window.accumulators.len()).sum();
+        match kind {
+            TableKind::RunnerTicks => self.runner_ticks.len(),
+            TableKind::MarketTicks => self.market_ticks.len(),
+            TableKind::Windows => windows(&self.windows),
+            TableKind::LiveWindows => windows(&self.live_windows),
+        }
+    }
+
+    fn encode(&self, kind: TableKind) -> Result<Vec<u8>, (usize, Unencodable)> {
+        let mut out = Vec::new();
+        let numbered = |index: usize| move |error| (index, error);
+        match kind {
+            TableKind::RunnerTicks => {
+                for (index, row) in self.runner_ticks.iter().enumerate() {
+                    encode_runner_tick(row, &mut out).map_err(numbered(index))?;
+                }
+            }
+            TableKind::MarketTicks => {
+                for (index, row) in self.market_ticks.iter().enumerate() {
+                    encode_market_tick(row, &mut out).map_err(numbered(index))?;
+                }
+            }
+            TableKind::Windows | TableKind::LiveWindows => {
+                let rows = match kind {
+                    TableKind::Windows => &self.windows,
+                    _ => &self.live_windows,
+                };
+                let mut first_row = 0;
+                for group in rows {
+                    encode_windows(group, &mut out)
+                        .map_err(|(index, error)| (first_row + index, error))?;
+                    first_row += group.window.accumulators.len();
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn records<'py>(&self, py: Python<'py>, kind: TableKind) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        match kind {
+            TableKind::RunnerTicks => append_runner_ticks(py, &self.runner_ticks, &list)?,
+            TableKind::MarketTicks => append_market_ticks(py, &self.market_ticks, &list)?,
+            TableKind::Windows => append_windows(py, &self.windows, &list)?,
+            TableKind::LiveWindows => append_windows(py, &self.live_windows, &list)?,
+        }
+        Ok(list)
+    }
+}
+
+#[pymethods]
+impl CopyRows {
+    #[new]
+    fn new() -> CopyRows {
+        CopyRows::default()
+    }
+
+    #[getter]
+    fn runner_ticks(slf: Py<Self>) -> CopyTable {
+        CopyTable {
+            rows: slf,
+            kind: TableKind::RunnerTicks,
+        }
+    }
+
+    #[getter]
+    fn market_ticks(slf: Py<Self>) -> CopyTable {
+        CopyTable {
+            rows: slf,
+            kind: TableKind::MarketTicks,
+        }
+    }
+
+    /// Persisted windows: the `window_aggregates` table.
+    #[getter]
+    fn windows(slf: Py<Self>) -> CopyTable {
+        CopyTable {
+            rows: slf,
+            kind: TableKind::Windows,
+        }
+    }
+
+    /// Closed windows of lengths that are not persisted (for in-flow detectors only).
+    #[getter]
+    fn live_windows(slf: Py<Self>) -> CopyTable {
+        CopyTable {
+            rows: slf,
+            kind: TableKind::LiveWindows,
+        }
+    }
+
+    /// Move another batch's rows to the end of this one's (like `SinkBatch.extend`).
+    fn extend(&mut self, other: &Bound<'_, CopyRows>) -> PyResult<()> {
+        let mut other = other.try_borrow_mut()?;
+        self.runner_ticks.append(&mut other.runner_ticks);
+        self.market_ticks.append(&mut other.market_ticks);
+        self.windows.append(&mut other.windows);
+        self.live_windows.append(&mut other.live_windows);
+        Ok(())
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let state = postcard::to_allocvec(self)
+            .map_err(|error| PyValueError::new_err(format!("cannot pickle rows: {error}")))?;
+        let restore = py.import("velo_native")?.getattr("_restore_copy_rows")?;
+        PyTuple::new(
+            py,
+            [
+                restore,
+                PyTuple::new(py, [PyBytes::new(py, &state)])?.into_any(),
+            ],
+        )
+    }
+}
+
+/// Rebuild pickled `CopyRows`.
+#[pyfunction]
+pub fn _restore_copy_rows(state: &[u8]) -> PyResult<CopyRows> {
+    postcard::from_bytes(state)
+        .map_err(|error| PyValueError::new_err(format!("corrupt pickled rows: {error}")))
+}
+
+/// One table's rows of a `CopyRows`: `rows`, `data` (binary COPY tuples) and `records()`.
+#[pyclass(module = "velo_native", frozen)]
+pub struct CopyTable {
+    rows: Py<CopyRows>,
+    kind: TableKind,
+}
+
+#[pymethods]
+impl CopyTable {
+    /// The table the tuples are laid out for.
+    #[getter]
+    fn table(&self) -> &'static str {
+        match self.kind {
+            TableKind::RunnerTicks => "runner_ticks",
+            TableKind::MarketTicks => "market_ticks",
+            TableKind::Windows | TableKind::LiveWindows => "window_aggregates",
+        }
+    }
+
+    #[getter]
+    fn rows(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.rows.bind(py).try_borrow()?.count(self.kind))
+    }
+
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.rows(py)
+    }
+
+    /// The rows as PostgreSQL binary COPY tuples in record field order (no header, no
+    /// trailer): exactly what psycopg's binary COPY sends for `records()` with the table's
+    /// column types. ValueError where psycopg would refuse or truncate a value; write
+    /// `records()` on the checked path then.
+    #[getter]
+    fn data<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let encoded = self.rows.bind(py).try_borrow()?.encode(self.kind);
+        match encoded {
+            Ok(bytes) => Ok(PyBytes::new(py, &bytes)),
+            Err((row, Unencodable(reason))) => Err(PyValueError::new_err(format!(
+                "{} row {row} cannot be sent as binary COPY: {reason}",
+                self.table()
+            ))),
+        }
+    }
+
+    /// The rows as the `operators/records.py` NamedTuples the Python processor makes.
+    fn records<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.rows.bind(py).try_borrow()?.records(py, self.kind)
+    }
+}
