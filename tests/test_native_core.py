@@ -588,8 +588,14 @@ def test_copy_mode_gives_the_same_records_and_psycopg_bytes(betfair_dir: Path, n
     assert first_difference(python, with_copied_records(out, copy_rows)) is None
     for kind in COPY_KINDS:
         table = getattr(copy_rows, kind)
-        assert table.rows == len(getattr(python, kind))
-        assert table.data == psycopg_copy_tuples(table.table, getattr(python, kind)), kind
+        records = getattr(python, kind)
+        assert table.rows == len(records)
+        assert table.data == psycopg_copy_tuples(table.table, records), kind
+        partition_times = [
+            record[4] if "window" in kind else record.publish_time for record in records
+        ]
+        expected_range = (min(partition_times), max(partition_times)) if records else None
+        assert table.time_range() == expected_range, kind
 
 
 def test_copy_data_loads_into_postgresql(scratch_database_factory) -> None:

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use serde::{Deserialize, Serialize};
 
-use crate::json::{num_to_py, Json};
+use crate::json::{num_to_py, Json, Node};
 use crate::number::Num;
 use crate::processor::MarketValues;
 use crate::records::{classes, new_record, DatetimeCache, StringCache, UtcTime};
@@ -239,9 +239,9 @@ impl<'a> Tuple<'a> {
 
     /// A string into text; None is NULL, like psycopg.
     fn text_json(&mut self, value: &Json) -> Result<(), Unencodable> {
-        match value {
-            Json::Str(text) => self.text(text),
-            Json::Null => self.null(),
+        match (value.as_str(), value.node()) {
+            (Some(text), _) => self.text(text),
+            (None, Node::Null) => self.null(),
             _ => return Err(Unencodable("a text column holds a non-string")),
         }
         Ok(())
@@ -253,11 +253,11 @@ impl<'a> Tuple<'a> {
 
     /// A Python int (or bool) into int8; None is NULL, like psycopg.
     fn int8_json(&mut self, value: &Json) -> Result<(), Unencodable> {
-        match value {
-            Json::Num(Num::Int(int)) => self.int8(*int),
-            Json::Bool(flag) => self.int8(*flag as i64),
-            Json::Null => self.null(),
-            Json::Num(Num::UInt(_)) => return Err(Unencodable("int too big for int8")),
+        match value.node() {
+            Node::Num(Num::Int(int)) => self.int8(*int),
+            Node::Bool(flag) => self.int8(*flag as i64),
+            Node::Null => self.null(),
+            Node::Num(Num::UInt(_)) => return Err(Unencodable("int too big for int8")),
             _ => return Err(Unencodable("an int8 column holds a non-integer")),
         }
         Ok(())
@@ -294,9 +294,9 @@ impl<'a> Tuple<'a> {
 
     /// A number or bool into float8 (`float(value)`).
     fn float8_json(&mut self, value: &Json) -> Result<(), Unencodable> {
-        match value.numeric() {
+        match value.as_ref().numeric() {
             Some(number) => self.float8(number.to_f64()),
-            None if matches!(value, Json::Null) => self.null(),
+            None if matches!(value.node(), Node::Null) => self.null(),
             None => return Err(Unencodable("a float8 column holds a non-number")),
         }
         Ok(())
@@ -458,6 +458,32 @@ impl CopyRows {
         Ok(out)
     }
 
+    /// The earliest and latest value of the table's partition column (`publish_time`, or
+    /// `window_start` for windows).
+    fn time_range(&self, kind: TableKind) -> Option<(UtcTime, UtcTime)> {
+        let times: Box<dyn Iterator<Item = UtcTime> + '_> = match kind {
+            TableKind::RunnerTicks => Box::new(self.runner_ticks.iter().map(|r| r.publish_time)),
+            TableKind::MarketTicks => Box::new(self.market_ticks.iter().map(|r| r.publish_time)),
+            TableKind::Windows => Box::new(self.windows.iter().map(|r| r.window.start)),
+            TableKind::LiveWindows => Box::new(self.live_windows.iter().map(|r| r.window.start)),
+        };
+        times.fold(None, |range, time| match range {
+            None => Some((time, time)),
+            Some((low, high)) => Some((
+                if time.instant() < low.instant() {
+                    time
+                } else {
+                    low
+                },
+                if time.instant() > high.instant() {
+                    time
+                } else {
+                    high
+                },
+            )),
+        })
+    }
+
     fn records<'py>(&self, py: Python<'py>, kind: TableKind) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
         match kind {
@@ -583,6 +609,18 @@ impl CopyTable {
                 "{} row {row} cannot be sent as binary COPY: {reason}",
                 self.table()
             ))),
+        }
+    }
+
+    /// `(earliest, latest)` of the partition column (`publish_time`; `window_start` for
+    /// windows) as datetimes, None without rows: the months a COPY needs partitions for.
+    fn time_range<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+        match self.rows.bind(py).try_borrow()?.time_range(self.kind) {
+            Some((low, high)) => Ok(Some((low.to_py(py)?, high.to_py(py)?))),
+            None => Ok(None),
         }
     }
 

@@ -22,10 +22,11 @@ mod windows;
 /// parser and writer every native record goes through, exposed so tests can pin them.
 #[pyfunction]
 fn reserialize(raw: &[u8]) -> Option<String> {
-    let value = json::parse(raw)?;
-    let mut text = String::new();
-    value.dump(&mut text);
-    Some(text)
+    json::with_parsed(raw, |value| {
+        let mut text = String::new();
+        value?.dump(&mut text);
+        Some(text)
+    })
 }
 
 /// `ms_to_datetime(ms)` of `operators.market_processor`, computed the native way.

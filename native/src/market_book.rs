@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt};
 use serde::{Deserialize, Serialize};
 
-use crate::json::{get, Entries, Json};
+use crate::json::{Json, JsonRef, Node};
 use crate::number::{Num, Wide};
 use crate::runner_book::{Delta, RunnerBook};
 
@@ -40,13 +40,13 @@ impl PyIntValue {
 }
 
 /// Python's `int(value or 0)`.
-fn python_int(py: Python<'_>, value: &Json) -> PyResult<PyIntValue> {
+fn python_int(py: Python<'_>, value: JsonRef<'_>) -> PyResult<PyIntValue> {
     if !value.is_truthy() {
         return Ok(PyIntValue::Small(0));
     }
-    match value {
-        Json::Bool(_) => Ok(PyIntValue::Small(1)),
-        Json::Num(number) => match number.wide() {
+    match value.node() {
+        Node::Bool(_) => Ok(PyIntValue::Small(1)),
+        Node::Num(number) => match number.wide() {
             Wide::Int(int) => Ok(PyIntValue::Small(int)),
             Wide::Float(float) if float.abs() < 1e38 => {
                 Ok(PyIntValue::Small(float.trunc() as i128))
@@ -57,18 +57,18 @@ fn python_int(py: Python<'_>, value: &Json) -> PyResult<PyIntValue> {
     }
 }
 
-fn int_by_python(py: Python<'_>, value: &Json) -> PyResult<PyIntValue> {
+fn int_by_python(py: Python<'_>, value: JsonRef<'_>) -> PyResult<PyIntValue> {
     PyIntValue::from_py(&py.get_type::<PyInt>().call1((value.to_py(py)?,))?)
 }
 
 /// Python's `float(value)`, `None` where it raises (the callers skip such entries).
-fn python_float(py: Python<'_>, value: &Json) -> Option<f64> {
-    match value {
-        Json::Num(number) => Some(number.to_f64()),
-        Json::Bool(flag) => Some(*flag as u8 as f64),
-        Json::Str(text) => py
+fn python_float(py: Python<'_>, value: JsonRef<'_>) -> Option<f64> {
+    match value.node() {
+        Node::Num(number) => Some(number.to_f64()),
+        Node::Bool(flag) => Some(*flag as u8 as f64),
+        Node::Str(_) => py
             .get_type::<PyFloat>()
-            .call1((text.as_str(),))
+            .call1((value.as_str()?,))
             .ok()?
             .extract()
             .ok(),
@@ -87,19 +87,20 @@ enum IdKey {
 
 impl IdKey {
     /// `None` for unhashable values (lists and dicts).
-    fn of(value: &Json) -> Option<IdKey> {
-        Some(match value {
-            Json::Null => IdKey::Null,
-            Json::Bool(flag) => IdKey::Int(*flag as i128),
-            Json::Num(number) => match number.wide() {
+    fn of(value: JsonRef<'_>) -> Option<IdKey> {
+        Some(match value.node() {
+            Node::Null => IdKey::Null,
+            Node::Bool(flag) => IdKey::Int(*flag as i128),
+            Node::Num(number) => match number.wide() {
                 Wide::Int(int) => IdKey::Int(int),
                 Wide::Float(float) if float.fract() == 0.0 && float.abs() < 1e38 => {
                     IdKey::Int(float as i128)
                 }
                 Wide::Float(float) => IdKey::Float(float.to_bits()),
             },
-            Json::Str(text) => IdKey::Str(text.to_string()),
-            Json::Array(_) | Json::Pair(..) | Json::Object(_) => return None,
+            Node::Str(_) => IdKey::Str(value.as_str()?.to_owned()),
+            Node::Key(_) => unreachable!("keys are not values"),
+            Node::Array { .. } | Node::Object { .. } => return None,
         })
     }
 }
@@ -147,12 +148,12 @@ pub struct MarketBook {
 impl MarketBook {
     pub fn new() -> MarketBook {
         MarketBook {
-            status: Json::Str("OPEN".into()),
+            status: Json::str("OPEN"),
             in_play: false,
             bet_delay: PyIntValue::Small(0),
             version: PyIntValue::Small(0),
             market_time_ms: None,
-            total_matched: Json::Num(Num::Float(0.0)),
+            total_matched: Json::num(Num::Float(0.0)),
             runners: Vec::new(),
             index: HashMap::new(),
             plain: HashMap::new(),
@@ -164,28 +165,29 @@ impl MarketBook {
     pub fn apply(
         &mut self,
         py: Python<'_>,
-        change: &Entries,
+        change: JsonRef<'_>,
         mut deltas: Option<&mut Vec<Delta>>,
     ) -> PyResult<Applied> {
         self.messages += 1;
         let message = self.messages;
-        let get = |key: &str| get(change, key);
-        if get("img").is_some_and(Json::is_truthy) {
+        let [image, definition, runner_changes, total] =
+            change.get_many(["img", "marketDefinition", "rc", "tv"]);
+        if image.is_some_and(JsonRef::is_truthy) {
             for runner in &mut self.runners {
                 runner.clear_prices();
             }
-            self.total_matched = Json::Num(Num::Float(0.0));
+            self.total_matched = Json::num(Num::Float(0.0));
         }
-        let definition = get("marketDefinition").and_then(Json::as_object);
+        let definition = definition.filter(|d| d.as_object().is_some());
         if let Some(definition) = definition {
             self.apply_definition(py, definition)?;
         }
         let mut touched = Vec::new();
         let mut invalid = 0;
-        if let Some(runner_changes) = get("rc").filter(|rc| rc.is_truthy()) {
-            match runner_changes {
-                Json::Array(_) | Json::Pair(..) => {
-                    for rc in runner_changes.as_list().unwrap().iter() {
+        if let Some(runner_changes) = runner_changes.filter(|rc| rc.is_truthy()) {
+            match runner_changes.node() {
+                Node::Array { .. } => {
+                    for rc in runner_changes.as_list().unwrap() {
                         let Some((index, key)) = self.runner_for_change(py, rc) else {
                             invalid += 1;
                             continue;
@@ -201,24 +203,26 @@ impl MarketBook {
                             runner.moved_lay_removed = 0.0;
                             touched.push(index);
                         }
-                        let fields = rc.as_object().expect("runner changes are objects");
-                        invalid += runner.apply(index, fields, deltas.as_deref_mut());
+                        invalid += runner.apply(index, rc, deltas.as_deref_mut());
                     }
                 }
                 // Iterating a dict or a string yields strings, and `str["id"]` is a TypeError.
-                Json::Object(entries) => invalid += entries.len() as u64,
-                Json::Str(text) => invalid += text.chars().count() as u64,
-                other => {
+                Node::Object { len, .. } => invalid += *len as u64,
+                Node::Str(_) => {
+                    let text = runner_changes.as_str().unwrap_or_default();
+                    invalid += text.chars().count() as u64;
+                }
+                _ => {
                     return Err(PyTypeError::new_err(format!(
                         "'{}' object is not iterable",
-                        other.python_type_name()
+                        runner_changes.python_type_name()
                     )))
                 }
             }
         }
-        if let Some(total) = get("tv") {
+        if let Some(total) = total {
             if total.numeric().is_some_and(Num::is_non_negative) {
-                self.total_matched = total.clone();
+                self.total_matched = total.to_owned();
             }
         }
         Ok(Applied {
@@ -230,10 +234,13 @@ impl MarketBook {
 
     /// The runner an `rc` element addresses and the key as the element spells it; `None`
     /// where the Python raises KeyError/TypeError/ValueError (an invalid entry).
-    fn runner_for_change(&mut self, py: Python<'_>, rc: &Json) -> Option<(usize, (Json, f64))> {
-        let fields = rc.as_object()?;
-        let selection_id = get(fields, "id")?;
-        let handicap = get(fields, "hc");
+    fn runner_for_change(
+        &mut self,
+        py: Python<'_>,
+        rc: JsonRef<'_>,
+    ) -> Option<(usize, (Json, f64))> {
+        let [selection_id, handicap] = rc.get_many(["id", "hc"]);
+        let selection_id = selection_id?;
         let plain_id = selection_id.as_num().and_then(Num::as_int);
         if let (Some(id), None) = (plain_id, handicap) {
             if let Some(&index) = self.plain.get(&id) {
@@ -247,17 +254,17 @@ impl MarketBook {
         };
         let id_key = IdKey::of(selection_id)?;
         let index = self.runner_or_add(id_key, selection_id, handicap);
-        Some((index, (selection_id.clone(), handicap)))
+        Some((index, (selection_id.to_owned(), handicap)))
     }
 
-    fn runner_or_add(&mut self, id_key: IdKey, selection_id: &Json, handicap: f64) -> usize {
+    fn runner_or_add(&mut self, id_key: IdKey, selection_id: JsonRef<'_>, handicap: f64) -> usize {
         let key = runner_key(id_key, handicap);
         if let Some(index) = key.as_ref().and_then(|key| self.index.get(key)) {
             return *index;
         }
         let index = self.runners.len();
         self.runners
-            .push(RunnerBook::new(selection_id.clone(), handicap));
+            .push(RunnerBook::new(selection_id.to_owned(), handicap));
         if let Some(key) = key {
             self.index.insert(key, index);
         }
@@ -269,35 +276,36 @@ impl MarketBook {
         index
     }
 
-    fn apply_definition(&mut self, py: Python<'_>, definition: &Entries) -> PyResult<()> {
-        let field = |key: &str| get(definition, key);
+    fn apply_definition(&mut self, py: Python<'_>, definition: JsonRef<'_>) -> PyResult<()> {
+        let field = |key: &str| definition.get(key);
         if let Some(status) = field("status") {
-            self.status = status.clone();
+            self.status = status.to_owned();
         }
-        self.in_play = field("inPlay").is_some_and(Json::is_truthy);
-        self.bet_delay = python_int(py, field("betDelay").unwrap_or(&Json::Null))?;
+        self.in_play = field("inPlay").is_some_and(JsonRef::is_truthy);
+        self.bet_delay = python_int(py, field("betDelay").unwrap_or(Json::NULL.as_ref()))?;
         if let Some(version) = field("version") {
             self.version = python_int(py, version)?;
         }
         self.market_time_ms = market_time_ms(py, field("marketTime"))?;
-        let no_runners = Json::Array(Vec::new());
-        let runners = field("runners").unwrap_or(&no_runners);
-        let runner_definitions = match runners {
-            Json::Array(_) | Json::Pair(..) => runners.as_list().unwrap(),
-            // A dict or string iterates as strings: each one fails `["id"]` and is skipped.
-            Json::Object(_) | Json::Str(_) => Default::default(),
-            other => {
-                return Err(PyTypeError::new_err(format!(
-                    "'{}' object is not iterable",
-                    other.python_type_name()
-                )))
-            }
+        let runner_definitions = match field("runners") {
+            None => None,
+            Some(runners) => match runners.node() {
+                Node::Array { .. } => runners.as_list(),
+                // A dict or string iterates as strings: each one fails `["id"]` and is skipped.
+                Node::Object { .. } | Node::Str(_) => None,
+                _ => {
+                    return Err(PyTypeError::new_err(format!(
+                        "'{}' object is not iterable",
+                        runners.python_type_name()
+                    )))
+                }
+            },
         };
-        for runner_definition in runner_definitions.iter() {
-            let Some(fields) = runner_definition.as_object() else {
+        for runner_definition in runner_definitions.into_iter().flatten() {
+            if runner_definition.as_object().is_none() {
                 continue;
-            };
-            let field = |key: &str| get(fields, key);
+            }
+            let field = |key: &str| runner_definition.get(key);
             let Some(selection_id) = field("id") else {
                 continue;
             };
@@ -316,17 +324,18 @@ impl MarketBook {
             };
             let index = self.runner_or_add(id_key, selection_id, handicap);
             let runner = &mut self.runners[index];
+            let owned = |key: &str| field(key).map_or(Json::NULL, JsonRef::to_owned);
             if let Some(status) = field("status") {
-                runner.status = status.clone();
+                runner.status = status.to_owned();
             }
             if let Some(bsp) = field("bsp") {
-                runner.bsp = bsp.clone();
+                runner.bsp = bsp.to_owned();
             }
-            runner.adjustment_factor = field("adjustmentFactor").cloned().unwrap_or(Json::Null);
-            runner.removal_date = field("removalDate").cloned().unwrap_or(Json::Null);
-            runner.sort_priority = field("sortPriority").cloned().unwrap_or(Json::Null);
+            runner.adjustment_factor = owned("adjustmentFactor");
+            runner.removal_date = owned("removalDate");
+            runner.sort_priority = owned("sortPriority");
             if let Some(name) = field("name") {
-                runner.name = name.clone();
+                runner.name = name.to_owned();
             }
         }
         Ok(())
@@ -368,8 +377,8 @@ impl MarketBook {
 
 /// `int(parse_betfair_time(value).timestamp() * 1000)`, by the Python functions themselves
 /// (ISO parsing and time zones are theirs; definitions are rare).
-fn market_time_ms(py: Python<'_>, value: Option<&Json>) -> PyResult<Option<i64>> {
-    let parsed = crate::records::parse_betfair_time(py, value.unwrap_or(&Json::Null))?;
+fn market_time_ms(py: Python<'_>, value: Option<JsonRef<'_>>) -> PyResult<Option<i64>> {
+    let parsed = crate::records::parse_betfair_time(py, value.unwrap_or(Json::NULL.as_ref()))?;
     if parsed.is_none() {
         return Ok(None);
     }

@@ -12,7 +12,7 @@ use crate::copy_rows::{
     append_market_ticks, append_runner_ticks, append_windows, CopyRows, MarketTickRow,
     RunnerTickRow, WindowRows,
 };
-use crate::json::{get, num_to_py, Entries, Json, DUMP_MAX_DEPTH};
+use crate::json::{num_to_py, Json, JsonRef, DUMP_MAX_DEPTH};
 use crate::market_book::MarketBook;
 use crate::number::Num;
 use crate::number::Wide;
@@ -128,11 +128,11 @@ impl ProcessorState {
         sink: &SinkLists<'_>,
         messages: &mut i64,
     ) -> PyResult<()> {
-        let change = item.fields();
-        let get = |key: &str| get(change, key);
-        let image = get("img").is_some_and(Json::is_truthy);
+        let change = item.change.as_ref();
+        let [image, definition] = change.get_many(["img", "marketDefinition"]);
+        let image = image.is_some_and(JsonRef::is_truthy);
         if !self.started {
-            if !(image || get("marketDefinition").is_some()) {
+            if !(image || definition.is_some()) {
                 return self.dead_letter(py, item, "unknown_market_before_image", sink);
             }
             self.started = true;
@@ -161,10 +161,7 @@ impl ProcessorState {
         }
         let publish_time = UtcTime::from_ms(item.publish_time_ms)?;
         let seconds_to_off = self.book.seconds_to_off(publish_ms);
-        if applied.definition_changed {
-            let definition = get("marketDefinition")
-                .and_then(Json::as_object)
-                .unwrap_or(&[]);
+        if let Some(definition) = definition.filter(|_| applied.definition_changed) {
             self.emit_definition(py, definition, publish_time, sink)?;
         }
 
@@ -230,20 +227,20 @@ impl ProcessorState {
     fn emit_definition(
         &self,
         py: Python<'_>,
-        definition: &Entries,
+        definition: JsonRef<'_>,
         publish_time: UtcTime,
         sink: &SinkLists<'_>,
     ) -> PyResult<()> {
         let classes = classes(py)?;
         let book = &self.book;
         let field = |key: &str| -> PyResult<Bound<'_, PyAny>> {
-            match get(definition, key) {
+            match definition.get(key) {
                 Some(value) => value.to_py(py),
                 None => Ok(py.None().into_bound(py)),
             }
         };
-        let market_time = get(definition, "marketTime");
-        let bsp_market = get(definition, "bspMarket").is_some_and(Json::is_truthy);
+        let market_time = definition.get("marketTime");
+        let bsp_market = definition.get("bspMarket").is_some_and(JsonRef::is_truthy);
         let publish_time = publish_time.to_py(py)?;
         let market_id = self.market_id.as_str().into_pyobject(py)?.into_any();
         sink.markets.append(new_record(
@@ -258,7 +255,7 @@ impl ProcessorState {
                 field("eventName")?,
                 field("venue")?,
                 field("countryCode")?,
-                parse_betfair_time(py, market_time.unwrap_or(&Json::Null))?,
+                parse_betfair_time(py, market_time.unwrap_or(Json::NULL.as_ref()))?,
                 field("numberOfWinners")?,
                 book.status.to_py(py)?,
                 book.in_play.into_pyobject(py)?.to_owned().into_any(),
@@ -280,7 +277,7 @@ impl ProcessorState {
                     runner.sort_priority.to_py(py)?,
                     runner.status.to_py(py)?,
                     runner.adjustment_factor.to_py(py)?,
-                    parse_betfair_time(py, &runner.removal_date)?,
+                    parse_betfair_time(py, runner.removal_date.as_ref())?,
                     runner.bsp.to_py(py)?,
                 ],
             )?)?;
@@ -311,7 +308,7 @@ impl ProcessorState {
         reason: &str,
         sink: &SinkLists<'_>,
     ) -> PyResult<()> {
-        if item.change.depth() > DUMP_MAX_DEPTH {
+        if item.change.as_ref().depth() > DUMP_MAX_DEPTH {
             return Err(PyTypeError::new_err("Recursion limit reached"));
         }
         let mut raw = String::new();
@@ -365,8 +362,19 @@ impl ProcessorState {
     }
 }
 
+/// Append `rows` to `into`, without moving them when `into` is empty (the usual case: the
+/// rows were taken from it at the start of the call).
+fn move_rows<T>(into: &mut Vec<T>, mut rows: Vec<T>) {
+    if into.is_empty() {
+        *into = rows;
+    } else {
+        into.append(&mut rows);
+    }
+}
+
 impl Rows {
-    /// Hand the rows over: into `copy_rows` (COPY mode) or as records into `batch`'s lists.
+    /// Hand the rows over: into `copy_rows` (COPY mode, whose tick rows these already are) or
+    /// as records into `batch`'s lists.
     fn hand_over(
         self,
         py: Python<'_>,
@@ -389,8 +397,8 @@ impl Rows {
         match copy_rows {
             Some(copy_rows) => {
                 let mut copy_rows = copy_rows.try_borrow_mut()?;
-                copy_rows.runner_ticks.extend(self.runner_ticks);
-                copy_rows.market_ticks.extend(self.market_ticks);
+                move_rows(&mut copy_rows.runner_ticks, self.runner_ticks);
+                move_rows(&mut copy_rows.market_ticks, self.market_ticks);
                 copy_rows.windows.extend(windows);
                 copy_rows.live_windows.extend(live_windows);
             }
@@ -496,6 +504,12 @@ impl NativeMarketProcessor {
         };
         let sink = SinkLists::of(batch)?;
         let mut rows = Rows::default();
+        if let Some(copy_rows) = copy_rows {
+            // Tick rows go straight into the COPY buffers (they are large to move twice).
+            let mut copy_rows = copy_rows.try_borrow_mut()?;
+            rows.runner_ticks = std::mem::take(&mut copy_rows.runner_ticks);
+            rows.market_ticks = std::mem::take(&mut copy_rows.market_ticks);
+        }
         let mut messages = 0;
         let mut result = Ok(());
         for item in &changes.get().items {

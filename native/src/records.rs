@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
 
-use crate::json::Json;
+use crate::json::{Json, JsonRef};
 use crate::number::int_true_divide;
 
 /// The Python classes and functions the native core emits or calls, imported once.
@@ -100,7 +100,7 @@ pub fn new_record<'py, const N: usize>(
 }
 
 /// `parse_betfair_time(value)` of `operators.market_book`, called as is.
-pub fn parse_betfair_time<'py>(py: Python<'py>, value: &Json) -> PyResult<Bound<'py, PyAny>> {
+pub fn parse_betfair_time<'py>(py: Python<'py>, value: JsonRef<'_>) -> PyResult<Bound<'py, PyAny>> {
     if !value.is_truthy() {
         return Ok(py.None().into_bound(py));
     }
@@ -172,6 +172,11 @@ impl UtcTime {
             microsecond: fraction as u32,
             epoch_seconds,
         })
+    }
+
+    /// (seconds since 1970, microseconds): orders times.
+    pub fn instant(self) -> (i64, u32) {
+        (self.epoch_seconds, self.microsecond)
     }
 
     /// Microseconds since 2000-01-01 UTC: PostgreSQL's binary `timestamptz`.
@@ -262,11 +267,11 @@ impl<'py> StringCache<'py> {
     }
 
     pub fn get(&mut self, py: Python<'py>, value: &Json) -> PyResult<Bound<'py, PyAny>> {
-        let Json::Str(text) = value else {
+        let Some(text) = value.as_str() else {
             return value.to_py(py);
         };
-        if let Some((Json::Str(cached), object)) = &self.last {
-            if cached == text {
+        if let Some((cached, object)) = &self.last {
+            if cached.as_str() == Some(text) {
                 return Ok(object.clone());
             }
         }

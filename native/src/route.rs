@@ -7,7 +7,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::json::{self, Entries, Json};
+use crate::json::{self, Json, JsonRef, Node};
 use crate::number::Num;
 use crate::records::{classes, new_record};
 use crate::small_string::SmallString;
@@ -22,12 +22,6 @@ pub struct ChangeItem {
     pub change: Json,
     pub source: Py<PyAny>,
     pub position: Py<PyAny>,
-}
-
-impl ChangeItem {
-    pub fn fields(&self) -> &Entries {
-        self.change.as_object().expect("routed changes are objects")
-    }
 }
 
 /// One market's changes of a routed batch, in stream order.
@@ -148,51 +142,57 @@ enum Parsed {
     },
 }
 
-fn take(entries: &mut Entries, key: &str) -> Option<Json> {
-    entries
-        .iter_mut()
-        .find(|(k, _)| **k == *key)
-        .map(|(_, value)| std::mem::replace(value, Json::Null))
-}
-
 /// `operators.stream_messages._parse`, reason for reason.
 fn parse_message(raw: &[u8]) -> PyResult<Parsed> {
-    let Some(message) = json::parse(raw) else {
-        return Ok(Parsed::Bad("malformed_json"));
-    };
-    let Json::Object(mut entries) = message else {
-        return Ok(Parsed::Bad("not_an_object"));
-    };
-    let field = |entries: &Entries, key: &str| json::get(entries, key).cloned();
-    match field(&entries, "op") {
-        Some(Json::Str(op)) if *op == *"mcm" => {}
-        Some(Json::Str(op)) if CONTROL_OPS.contains(&op.as_str()) => return Ok(Parsed::Skip),
-        Some(unhashable @ (Json::Array(_) | Json::Pair(..) | Json::Object(_))) => {
-            return Err(PyTypeError::new_err(format!(
-                "unhashable type: '{}'",
-                unhashable.python_type_name()
-            )))
+    json::with_parsed(raw, |message| {
+        let Some(message) = message else {
+            return Ok(Parsed::Bad("malformed_json"));
+        };
+        if message.as_object().is_none() {
+            return Ok(Parsed::Bad("not_an_object"));
         }
-        _ => return Ok(Parsed::Bad("unknown_op")),
+        read_message(message)
+    })
+}
+
+fn read_message(message: JsonRef<'_>) -> PyResult<Parsed> {
+    if let Some(op) = message.get("op") {
+        match op.node() {
+            Node::Str(_) if op.as_str() == Some("mcm") => {}
+            Node::Str(_) if CONTROL_OPS.contains(&op.as_str().unwrap_or_default()) => {
+                return Ok(Parsed::Skip)
+            }
+            Node::Array { .. } | Node::Object { .. } => {
+                return Err(PyTypeError::new_err(format!(
+                    "unhashable type: '{}'",
+                    op.python_type_name()
+                )))
+            }
+            _ => return Ok(Parsed::Bad("unknown_op")),
+        }
+    } else {
+        return Ok(Parsed::Bad("unknown_op"));
     }
-    let publish_time_ms = match field(&entries, "pt") {
-        Some(Json::Num(Num::Int(pt))) => pt as i128,
-        Some(Json::Num(Num::UInt(pt))) => pt as i128,
+    let publish_time_ms = match message.get("pt").map(JsonRef::node) {
+        Some(Node::Num(Num::Int(pt))) => *pt as i128,
+        Some(Node::Num(Num::UInt(pt))) => *pt as i128,
         _ => return Ok(Parsed::Bad("missing_publish_time")),
     };
-    let heartbeat = matches!(field(&entries, "ct"), Some(Json::Str(ct)) if *ct == *"HEARTBEAT");
-    let market_changes = match take(&mut entries, "mc") {
-        None | Some(Json::Null) => return Ok(Parsed::Skip),
-        Some(_) if heartbeat => return Ok(Parsed::Skip),
-        Some(Json::Array(items)) => items,
-        Some(_) => return Ok(Parsed::Bad("malformed_market_changes")),
+    let heartbeat = message.get("ct").and_then(JsonRef::as_str) == Some("HEARTBEAT");
+    let market_changes = match message.get("mc") {
+        None => return Ok(Parsed::Skip),
+        Some(mc) if matches!(mc.node(), Node::Null) || heartbeat => return Ok(Parsed::Skip),
+        Some(mc) => match mc.as_list() {
+            Some(items) => items,
+            None => return Ok(Parsed::Bad("malformed_market_changes")),
+        },
     };
-    let clk = take(&mut entries, "clk").unwrap_or(Json::Null);
+    let clk = message.get("clk").map_or(Json::NULL, JsonRef::to_owned);
     let mut changes = Vec::with_capacity(market_changes.len());
     for change in market_changes {
-        match change.get("id") {
-            Some(Json::Str(market_id)) => changes.push((market_id.clone(), change)),
-            _ => return Ok(Parsed::Bad("malformed_market_changes")),
+        match change.get("id").and_then(JsonRef::as_str) {
+            Some(market_id) => changes.push((SmallString::from(market_id), change.to_owned())),
+            None => return Ok(Parsed::Bad("malformed_market_changes")),
         }
     }
     Ok(Parsed::Changes {

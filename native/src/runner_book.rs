@@ -8,7 +8,7 @@ use pyo3::exceptions::{PyKeyError, PyZeroDivisionError};
 use pyo3::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::json::{Entries, Json};
+use crate::json::{Json, JsonRef, Node};
 use crate::number::{Num, Wide};
 use crate::price_ladder::ticks_between;
 
@@ -27,10 +27,6 @@ impl Ladder {
 
     pub fn get(&self, price: Num) -> Option<Num> {
         self.search(price).ok().map(|index| self.levels[index].1)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.levels.is_empty()
     }
 }
 
@@ -58,17 +54,16 @@ pub struct Delta {
     pub size_delta: Wide,
 }
 
-/// A validated `[price, size]` ladder entry, or `None` for an invalid one.
-fn price_size(entry: &Json) -> Option<(Num, Num)> {
-    let (price, size) = match entry {
-        Json::Pair(price, size) => (*price, *size),
-        Json::Array(items) if items.len() == 2 => (items[0].as_num()?, items[1].as_num()?),
-        _ => return None,
-    };
+/// A validated `[price, size]` ladder entry, or `None` for an invalid one (anything that is
+/// not a two-item list of non-negative numbers fails the Python's unpacking or checks).
+fn price_size(entry: JsonRef<'_>) -> Option<(Num, Num)> {
+    let mut items = entry.as_list().filter(|items| items.len() == 2)?;
+    let price = items.next()?.as_num()?;
+    let size = items.next()?.as_num()?;
     (price.is_non_negative() && size.is_non_negative()).then_some((price, size))
 }
 
-fn valid_number(value: &Json) -> Option<Num> {
+fn valid_number(value: JsonRef<'_>) -> Option<Num> {
     value.as_num().filter(|number| number.is_non_negative())
 }
 
@@ -188,12 +183,12 @@ impl RunnerBook {
             tick_key: (selection_id.clone(), handicap),
             selection_id,
             handicap,
-            status: Json::Str("ACTIVE".into()),
-            name: Json::Null,
-            sort_priority: Json::Null,
-            adjustment_factor: Json::Null,
-            removal_date: Json::Null,
-            bsp: Json::Null,
+            status: Json::str("ACTIVE"),
+            name: Json::NULL,
+            sort_priority: Json::NULL,
+            adjustment_factor: Json::NULL,
+            removal_date: Json::NULL,
+            bsp: Json::NULL,
             touched_in: -1,
             moved_traded: 0.0,
             moved_back_added: 0.0,
@@ -252,14 +247,14 @@ impl RunnerBook {
     pub fn apply(
         &mut self,
         index: usize,
-        rc: &Entries,
+        rc: JsonRef<'_>,
         mut deltas: Option<&mut Vec<Delta>>,
     ) -> u64 {
         let mut invalid = 0;
         let mut back_levels = false;
         let mut lay_levels = false;
-        for (key, value) in rc {
-            match key.as_str() {
+        for (key, value) in rc.as_object().expect("runner changes are objects") {
+            match key {
                 "atb" => {
                     let (bad, added, removed) = apply_full(
                         &mut self.atb,
@@ -327,13 +322,13 @@ impl RunnerBook {
         invalid
     }
 
-    fn apply_traded(&mut self, entries: &Json) -> u64 {
+    fn apply_traded(&mut self, entries: JsonRef<'_>) -> u64 {
         let Some(entries) = entries.as_list() else {
             return 1;
         };
         let mut added = 0.0;
         let mut invalid = 0;
-        for entry in entries.iter() {
+        for entry in entries {
             let Some((price, size)) = price_size(entry) else {
                 invalid += 1;
                 continue;
@@ -367,8 +362,8 @@ impl RunnerBook {
     pub fn tick_values(&mut self, in_play: bool) -> PyResult<TickValues> {
         let back = self.best_back;
         let lay = self.best_lay;
-        let back_size = level_size(back, &self.atb, self.batb_top)?;
-        let lay_size = level_size(lay, &self.atl, self.batl_top)?;
+        let back_size = level_size(back, self.atb.levels.last(), self.batb_top)?;
+        let lay_size = level_size(lay, self.atl.levels.first(), self.batl_top)?;
         if !option_num_eq(back, self.spread_back) || !option_num_eq(lay, self.spread_lay) {
             self.spread_back = back;
             self.spread_lay = lay;
@@ -432,17 +427,18 @@ impl RunnerBook {
 }
 
 /// The size at the best price: from the full ladder, else level 0 of the depth-limited one
-/// (`self.batb[0][1]`, a KeyError if the stream left no level 0).
+/// (`self.batb[0][1]`, a KeyError if the stream left no level 0). The best price of a full
+/// ladder is always its end level (`best` is set from it whenever the ladder changes).
 fn level_size(
     best: Option<Num>,
-    ladder: &Ladder,
+    end_level: Option<&(Num, Num)>,
     top: Option<(Num, Num)>,
 ) -> PyResult<Option<Num>> {
-    let Some(price) = best else {
+    if best.is_none() {
         return Ok(None);
-    };
-    if !ladder.is_empty() {
-        return Ok(ladder.get(price));
+    }
+    if let Some((_, size)) = end_level {
+        return Ok(Some(*size));
     }
     match top {
         Some((_, size)) => Ok(Some(size)),
@@ -473,7 +469,7 @@ fn top_three<'a>(mut levels: impl Iterator<Item = &'a (Num, Num)>) -> Wide {
 /// Apply `[price, size]` levels to a full ladder: (invalid entries, size added, size pulled).
 fn apply_full(
     ladder: &mut Ladder,
-    entries: &Json,
+    entries: JsonRef<'_>,
     runner: usize,
     side: Side,
     mut deltas: Option<&mut Vec<Delta>>,
@@ -484,7 +480,7 @@ fn apply_full(
     let mut invalid = 0;
     let mut added = 0.0;
     let mut removed = 0.0;
-    for entry in entries.iter() {
+    for entry in entries {
         let Some((price, size)) = price_size(entry) else {
             invalid += 1;
             continue;
@@ -519,33 +515,14 @@ fn apply_full(
 }
 
 /// Apply `[level, price, size]` entries; only level 0 is ever read, so only it is kept.
-fn apply_levels(top: Option<&mut Option<(Num, Num)>>, entries: &Json) -> u64 {
+fn apply_levels(top: Option<&mut Option<(Num, Num)>>, entries: JsonRef<'_>) -> u64 {
     let Some(entries) = entries.as_list() else {
         return 1;
     };
     let mut invalid = 0;
     let mut top_level = None;
-    for entry in entries.iter() {
-        let valid = match entry {
-            Json::Array(items) if items.len() == 3 => {
-                let level_is_zero = match &items[0] {
-                    Json::Num(Num::Int(level)) => Some(*level == 0),
-                    Json::Num(Num::UInt(_)) => Some(false),
-                    Json::Bool(flag) => Some(!flag),
-                    _ => None,
-                };
-                match (
-                    level_is_zero,
-                    valid_number(&items[1]),
-                    valid_number(&items[2]),
-                ) {
-                    (Some(is_zero), Some(price), Some(size)) => Some((is_zero, price, size)),
-                    _ => None,
-                }
-            }
-            _ => None,
-        };
-        match valid {
+    for entry in entries {
+        match level_entry(entry) {
             Some((true, price, size)) => {
                 top_level = Some(size.is_nonzero().then_some((price, size)));
             }
@@ -559,10 +536,25 @@ fn apply_levels(top: Option<&mut Option<(Num, Num)>>, entries: &Json) -> u64 {
     invalid
 }
 
+/// A valid `[level, price, size]` entry as (level is 0, price, size); the level passes
+/// Python's `isinstance(level, int)`, so a bool is a level too.
+fn level_entry(entry: JsonRef<'_>) -> Option<(bool, Num, Num)> {
+    let mut items = entry.as_list().filter(|items| items.len() == 3)?;
+    let level_is_zero = match items.next()?.node() {
+        Node::Num(Num::Int(level)) => *level == 0,
+        Node::Num(Num::UInt(_)) => false,
+        Node::Bool(flag) => !flag,
+        _ => return None,
+    };
+    let price = valid_number(items.next()?)?;
+    let size = valid_number(items.next()?)?;
+    Some((level_is_zero, price, size))
+}
+
 /// `spb`/`spl` are never read: only their invalid entries count.
-fn count_invalid_prices(entries: &Json) -> u64 {
+fn count_invalid_prices(entries: JsonRef<'_>) -> u64 {
     match entries.as_list() {
-        Some(entries) => entries.iter().filter(|e| price_size(e).is_none()).count() as u64,
+        Some(entries) => entries.filter(|entry| price_size(*entry).is_none()).count() as u64,
         None => 1,
     }
 }

@@ -75,12 +75,14 @@ impl Window {
         let end = UtcTime::from_ms(start_ms + self.length_ms())?;
         self.runner_slots.fill(NO_SLOT);
         self.market_slot = None;
+        // The next window of this length has about as many accumulators.
+        let next = Vec::with_capacity(self.accumulators.len());
         closed.push(ClosedWindow {
             seconds: self.seconds,
             persisted: self.persisted,
             start,
             end,
-            accumulators: std::mem::take(&mut self.accumulators),
+            accumulators: std::mem::replace(&mut self.accumulators, next),
         });
         Ok(())
     }
@@ -244,7 +246,7 @@ impl MarketWindows {
                 None => {
                     window.market_slot = Some(window.accumulators.len());
                     window.accumulators.push(Accumulator {
-                        selection_id: Json::Num(Num::Int(MARKET_SELECTION_ID)),
+                        selection_id: Json::num(Num::Int(MARKET_SELECTION_ID)),
                         handicap: 0.0,
                         updates: 1,
                         open: None,
