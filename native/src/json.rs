@@ -412,10 +412,6 @@ impl Json {
         self.as_ref().as_str()
     }
 
-    pub fn is_truthy(&self) -> bool {
-        self.as_ref().is_truthy()
-    }
-
     pub fn py_eq(&self, other: &Json) -> bool {
         self.as_ref().py_eq(other.as_ref())
     }

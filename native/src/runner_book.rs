@@ -24,10 +24,6 @@ impl Ladder {
         self.levels
             .binary_search_by(|(level, _)| level.py_cmp(price))
     }
-
-    pub fn get(&self, price: Num) -> Option<Num> {
-        self.search(price).ok().map(|index| self.levels[index].1)
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
-//! Strings of stream JSON without a heap allocation when short: object keys and most string
-//! values (`"atb"`, `"ACTIVE"`, market ids) fit inline, which keeps parsing allocation-light.
+//! Owned strings without a heap allocation when short: the string values the book keeps and
+//! copies into every row (`"ACTIVE"`, market ids) fit inline.
 
 use std::fmt;
 
@@ -55,26 +55,6 @@ impl std::ops::Deref for SmallString {
 
     fn deref(&self) -> &str {
         self.as_str()
-    }
-}
-
-impl PartialEq for SmallString {
-    fn eq(&self, other: &SmallString) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for SmallString {}
-
-impl std::hash::Hash for SmallString {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-
-impl PartialEq<str> for SmallString {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
     }
 }
 
