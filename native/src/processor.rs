@@ -58,7 +58,8 @@ pub struct Rows {
 /// Everything a processor remembers between batches (what a recovery snapshot holds).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct ProcessorState {
-    pub market_id: String,
+    /// Shared with every row the processor makes.
+    pub market_id: Arc<str>,
     pub keep_deltas: bool,
     seq: i64,
     started: bool,
@@ -108,7 +109,7 @@ impl ProcessorState {
         let book = MarketBook::new();
         let overrounds = book.overrounds();
         Ok(ProcessorState {
-            market_id,
+            market_id: Arc::from(market_id),
             keep_deltas,
             seq: 0,
             started: false,
@@ -166,7 +167,7 @@ impl ProcessorState {
         }
 
         let in_play = self.book.in_play;
-        let market_id: Arc<str> = Arc::from(self.market_id.as_str());
+        let market_id = &self.market_id;
         for &index in &applied.touched {
             let runner = &mut self.book.runners[index];
             let values = runner.tick_values(in_play)?;
@@ -214,7 +215,7 @@ impl ProcessorState {
         {
             self.last_market_values = Some(values.clone());
             rows.market_ticks.push(MarketTickRow {
-                market_id,
+                market_id: market_id.clone(),
                 publish_time,
                 seq,
                 values,
@@ -242,7 +243,7 @@ impl ProcessorState {
         let market_time = definition.get("marketTime");
         let bsp_market = definition.get("bspMarket").is_some_and(JsonRef::is_truthy);
         let publish_time = publish_time.to_py(py)?;
-        let market_id = self.market_id.as_str().into_pyobject(py)?.into_any();
+        let market_id = self.market_id.as_ref().into_pyobject(py)?.into_any();
         sink.markets.append(new_record(
             py,
             &classes.market_row,
@@ -346,7 +347,7 @@ impl ProcessorState {
             };
         for runner in &self.book.runners {
             let snapshot = PyDict::new(py);
-            snapshot.set_item("market_id", &self.market_id)?;
+            snapshot.set_item("market_id", self.market_id.as_ref())?;
             snapshot.set_item("selection_id", runner.selection_id.to_py(py)?)?;
             snapshot.set_item("handicap", runner.handicap)?;
             snapshot.set_item("status", runner.status.to_py(py)?)?;
@@ -382,7 +383,7 @@ impl Rows {
         batch: &Bound<'_, PyAny>,
         copy_rows: Option<&Bound<'_, CopyRows>>,
     ) -> PyResult<()> {
-        let market_id: Arc<str> = Arc::from(state.market_id.as_str());
+        let market_id = &state.market_id;
         let (windows, live_windows): (Vec<_>, Vec<_>) = self
             .windows
             .into_iter()
