@@ -526,13 +526,8 @@ fn dump_str(text: &str, out: &mut String) {
     out.push('"');
 }
 
-/// What `orjson.loads` would give for `raw`, or `None` where it raises.
-pub fn parse(raw: &[u8]) -> Option<Json> {
-    with_parsed(raw, |value| value.map(JsonRef::to_owned))
-}
-
-/// Parse `raw` onto this thread's scratch tape and hand the value (`None` where orjson
-/// raises) to `read`; the tape is reused by the next parse.
+/// Parse `raw` (what `orjson.loads` would give) onto this thread's scratch tape and hand the
+/// value (`None` where orjson raises) to `read`; the tape is reused by the next parse.
 pub fn with_parsed<T>(raw: &[u8], read: impl FnOnce(Option<JsonRef<'_>>) -> T) -> T {
     SCRATCH.with_borrow_mut(|scratch| {
         let context = ParseContext {

@@ -26,7 +26,8 @@ pub struct ChangeItem {
 
 /// One market's changes of a routed batch, in stream order.
 ///
-/// Picklable (Bytewax moves items between workers): each change travels as its JSON text.
+/// Picklable (Bytewax moves items between workers): the parsed changes travel serialised,
+/// sources and positions as the Python objects they are.
 #[pyclass(module = "velo_native", frozen)]
 pub struct MarketChanges {
     pub market_id: String,
@@ -69,66 +70,55 @@ impl MarketChanges {
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
         let this = slf.get();
-        let items = PyList::empty(py);
-        for item in &this.items {
-            let mut clk = String::new();
-            item.clk.dump(&mut clk);
-            let mut change = String::new();
-            item.change.dump(&mut change);
-            items.append((
-                item.publish_time_ms,
-                clk,
-                change,
-                item.source.bind(py),
-                item.position.bind(py),
-            ))?;
-        }
+        let sources = PyList::new(py, this.items.iter().map(|item| item.source.bind(py)))?;
+        let positions = PyList::new(py, this.items.iter().map(|item| item.position.bind(py)))?;
+        let parsed: Vec<(i128, &Json, &Json)> = this
+            .items
+            .iter()
+            .map(|item| (item.publish_time_ms, &item.clk, &item.change))
+            .collect();
+        let state = postcard::to_allocvec(&parsed)
+            .map_err(|error| PyValueError::new_err(format!("cannot pickle changes: {error}")))?;
         let restore = py.import("velo_native")?.getattr("_restore_changes")?;
-        PyTuple::new(
-            py,
-            [
-                restore,
-                PyTuple::new(
-                    py,
-                    [
-                        this.market_id.as_str().into_pyobject(py)?.into_any(),
-                        items.into_any(),
-                    ],
-                )?
-                .into_any(),
-            ],
-        )
+        let arguments = (
+            this.market_id.as_str(),
+            sources,
+            positions,
+            PyBytes::new(py, &state),
+        );
+        PyTuple::new(py, [restore, arguments.into_pyobject(py)?.into_any()])
     }
 }
 
-/// Rebuild pickled `MarketChanges`.
+/// Rebuild pickled `MarketChanges` (the parsed changes travel as their serialised tapes).
 #[pyfunction]
-pub fn _restore_changes(market_id: String, items: &Bound<'_, PyList>) -> PyResult<MarketChanges> {
-    let mut restored = Vec::with_capacity(items.len());
-    for item in items.iter() {
-        let (publish_time_ms, clk, change, source, position): (
-            i128,
-            String,
-            String,
-            Py<PyAny>,
-            Py<PyAny>,
-        ) = item.extract()?;
-        let parse = |text: &str| {
-            json::parse(text.as_bytes())
-                .ok_or_else(|| PyValueError::new_err("corrupt pickled change"))
-        };
-        restored.push(ChangeItem {
-            publish_time_ms,
-            clk: parse(&clk)?,
-            change: parse(&change)?,
-            source,
-            position,
-        });
+pub fn _restore_changes(
+    market_id: String,
+    sources: Vec<Py<PyAny>>,
+    positions: Vec<Py<PyAny>>,
+    state: &[u8],
+) -> PyResult<MarketChanges> {
+    let parsed: Vec<(i128, Json, Json)> = postcard::from_bytes(state)
+        .map_err(|error| PyValueError::new_err(format!("corrupt pickled changes: {error}")))?;
+    if parsed.len() != sources.len() || parsed.len() != positions.len() {
+        return Err(PyValueError::new_err(
+            "corrupt pickled changes: lengths differ",
+        ));
     }
-    Ok(MarketChanges {
-        market_id,
-        items: restored,
-    })
+    let items = parsed
+        .into_iter()
+        .zip(sources.into_iter().zip(positions))
+        .map(
+            |((publish_time_ms, clk, change), (source, position))| ChangeItem {
+                publish_time_ms,
+                clk,
+                change,
+                source,
+                position,
+            },
+        )
+        .collect();
+    Ok(MarketChanges { market_id, items })
 }
 
 /// What `_parse` makes of one line.
