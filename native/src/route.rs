@@ -1,11 +1,12 @@
 //! `operators.stream_messages.route_lines` in Rust: lines → changes grouped by market, parsed
 //! once here and handed on as an opaque `MarketChanges` (never as Python dicts).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 
 use crate::json::{self, Json, JsonRef, Node};
 use crate::number::Num;
@@ -193,84 +194,143 @@ fn read_message(message: JsonRef<'_>) -> PyResult<Parsed> {
 }
 
 /// The bytes orjson would read from a line's raw value, or `None` for a type it refuses.
-fn raw_bytes<'a>(raw: &'a Bound<'_, PyAny>) -> PyResult<Option<std::borrow::Cow<'a, [u8]>>> {
+fn raw_bytes<'a>(raw: &'a Bound<'_, PyAny>) -> PyResult<Option<Cow<'a, [u8]>>> {
     if let Ok(bytes) = raw.cast::<PyBytes>() {
-        return Ok(Some(std::borrow::Cow::Borrowed(bytes.as_bytes())));
+        return Ok(Some(Cow::Borrowed(bytes.as_bytes())));
     }
     if let Ok(text) = raw.cast::<PyString>() {
-        return Ok(Some(std::borrow::Cow::Owned(
-            text.to_str()?.as_bytes().to_vec(),
-        )));
+        return Ok(Some(Cow::Owned(text.to_str()?.as_bytes().to_vec())));
     }
     if let Ok(array) = raw.cast::<PyByteArray>() {
-        return Ok(Some(std::borrow::Cow::Owned(array.to_vec())));
+        return Ok(Some(Cow::Owned(array.to_vec())));
     }
     if raw.get_type().name()? == "memoryview" {
         let copied = raw.py().get_type::<PyBytes>().call1((raw,))?;
-        return Ok(Some(std::borrow::Cow::Owned(
+        return Ok(Some(Cow::Owned(
             copied.cast::<PyBytes>()?.as_bytes().to_vec(),
         )));
     }
     Ok(None)
 }
 
+/// Lines parsed per release of the GIL: long enough that releasing it costs nothing, short
+/// enough that a line's parse is still in the cache when its changes are routed.
+const PARSE_CHUNK_LINES: usize = 64;
+
+type Line<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
+
+/// What became of each line of `chunk`, parsed with the GIL released (other Bytewax workers
+/// run meanwhile); `None`: a `BadLine` passed on as it is.
+fn parse_chunk(
+    py: Python<'_>,
+    chunk: &[Line<'_>],
+    bad_line: &Bound<'_, PyType>,
+) -> Vec<Option<PyResult<Parsed>>> {
+    let inputs: Vec<Input<'_>> = chunk
+        .iter()
+        .map(|(_, _, raw)| {
+            if raw.get_type().is(bad_line) {
+                return Input::BadLine;
+            }
+            match raw_bytes(raw) {
+                Ok(Some(bytes)) => Input::Bytes(bytes),
+                Ok(None) => Input::Unreadable,
+                Err(error) => Input::Failed(error),
+            }
+        })
+        .collect();
+    let parsed: Vec<Option<PyResult<Parsed>>> = py.detach(|| {
+        inputs
+            .iter()
+            .map(|input| match input {
+                Input::Bytes(bytes) => Some(parse_message(bytes)),
+                Input::Unreadable => Some(Ok(Parsed::Bad("malformed_json"))),
+                Input::BadLine | Input::Failed(_) => None,
+            })
+            .collect()
+    });
+    // What became of each line; `None`: a `BadLine` passed on as it is.
+    inputs
+        .into_iter()
+        .zip(parsed)
+        .map(|(input, parsed)| match input {
+            Input::Failed(error) => Some(Err(error)),
+            _ => parsed,
+        })
+        .collect()
+}
+
+/// One line as handed over: a `BadLine` to pass on, bytes to parse, or why not.
+enum Input<'a> {
+    BadLine,
+    Bytes(Cow<'a, [u8]>),
+    /// Not a type orjson reads: dead-lettered as malformed JSON.
+    Unreadable,
+    /// Reading it raised (a `str` with lone surrogates); raised again in line order.
+    Failed(PyErr),
+}
+
 /// `route_lines`: `[(source, position, raw bytes | BadLine), ...]` → `RoutedLines` whose
-/// values are `MarketChanges`.
+/// values are `MarketChanges`. Parsing releases the GIL (see `parse_chunk`).
 #[pyfunction]
 pub fn route_lines<'py>(py: Python<'py>, lines: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let classes = classes(py)?;
     let bad_line = classes.bad_line.bind(py);
+    let count = lines.len()?;
+    let mut unpacked: Vec<Line<'py>> = Vec::with_capacity(count);
+    for line in lines.try_iter()? {
+        unpacked.push(line?.extract()?);
+    }
     let mut markets: Vec<MarketChanges> = Vec::new();
     let mut market_index: HashMap<String, usize> = HashMap::new();
     let bad = PyList::empty(py);
-    let count = lines.len()?;
-    for line in lines.try_iter()? {
-        let (source, position, raw): (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>) =
-            line?.extract()?;
-        if raw.get_type().is(bad_line) {
-            bad.append(raw)?;
-            continue;
-        }
-        let parsed = match raw_bytes(&raw)? {
-            Some(bytes) => parse_message(&bytes)?,
-            None => Parsed::Bad("malformed_json"),
-        };
-        match parsed {
-            Parsed::Skip => {}
-            Parsed::Bad(reason) => {
-                let raw = match raw.cast::<PyString>() {
-                    Ok(text) => PyBytes::new(py, text.to_str()?.as_bytes()).into_any(),
-                    Err(_) => raw,
-                };
-                bad.append(new_record(
-                    py,
-                    &classes.bad_line,
-                    [source, position, reason.into_pyobject(py)?.into_any(), raw],
-                )?)?;
-            }
-            Parsed::Changes {
-                publish_time_ms,
-                clk,
-                changes,
-            } => {
-                let source = source.unbind();
-                let position = position.unbind();
-                for (market_id, change) in changes {
-                    let item = ChangeItem {
-                        publish_time_ms,
-                        clk: clk.clone(),
-                        change,
-                        source: source.clone_ref(py),
-                        position: position.clone_ref(py),
+    for chunk in unpacked.chunks(PARSE_CHUNK_LINES) {
+        for ((source, position, raw), outcome) in chunk.iter().zip(parse_chunk(py, chunk, bad_line))
+        {
+            let Some(parsed) = outcome else {
+                bad.append(raw)?;
+                continue;
+            };
+            match parsed? {
+                Parsed::Skip => {}
+                Parsed::Bad(reason) => {
+                    let raw = match raw.cast::<PyString>() {
+                        Ok(text) => PyBytes::new(py, text.to_str()?.as_bytes()).into_any(),
+                        Err(_) => raw.clone(),
                     };
-                    match market_index.get(market_id.as_str()) {
-                        Some(&index) => markets[index].items.push(item),
-                        None => {
-                            market_index.insert(market_id.to_string(), markets.len());
-                            markets.push(MarketChanges {
-                                market_id: market_id.to_string(),
-                                items: vec![item],
-                            });
+                    bad.append(new_record(
+                        py,
+                        &classes.bad_line,
+                        [
+                            source.clone(),
+                            position.clone(),
+                            reason.into_pyobject(py)?.into_any(),
+                            raw,
+                        ],
+                    )?)?;
+                }
+                Parsed::Changes {
+                    publish_time_ms,
+                    clk,
+                    changes,
+                } => {
+                    for (market_id, change) in changes {
+                        let item = ChangeItem {
+                            publish_time_ms,
+                            clk: clk.clone(),
+                            change,
+                            source: source.clone().unbind(),
+                            position: position.clone().unbind(),
+                        };
+                        match market_index.get(market_id.as_str()) {
+                            Some(&index) => markets[index].items.push(item),
+                            None => {
+                                market_index.insert(market_id.to_string(), markets.len());
+                                markets.push(MarketChanges {
+                                    market_id: market_id.to_string(),
+                                    items: vec![item],
+                                });
+                            }
                         }
                     }
                 }
