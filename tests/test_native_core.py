@@ -328,8 +328,13 @@ BAD_LINES: dict[str, list[object]] = {
 }
 
 
-def run_lines(operators: Operators, lines: Iterable[object]) -> tuple[SinkBatch, list[str]]:
-    """Route and process one line at a time; a raise is noted and the processors dropped."""
+def run_lines(
+    operators: Operators, lines: Iterable[object], copy_rows: object = None
+) -> tuple[SinkBatch, list[str]]:
+    """Route and process one line at a time; a raise is noted and the processors dropped.
+
+    With `copy_rows` (native only), ticks and windows go there (COPY mode)."""
+    extra = () if copy_rows is None else (copy_rows,)
     processors: dict[str, object] = {}
     out = SinkBatch()
     raised: list[str] = []
@@ -343,12 +348,12 @@ def run_lines(operators: Operators, lines: Iterable[object]) -> tuple[SinkBatch,
                     processor = processors[market_id] = operators.new_market_processor(
                         market_id, keep_deltas=True
                     )
-                processor.process(changes, out)
+                processor.process(changes, out, *extra)
         except Exception as error:  # the Python reference raises on some inputs; so must native
             raised.append(f"line {position}: {type(error).__name__}")
             processors.clear()
     for processor in processors.values():
-        processor.finish(out)
+        processor.finish(out, *extra)
     return out, raised
 
 
@@ -359,6 +364,12 @@ def test_bad_input_gives_the_same_records_or_the_same_exception(case: str) -> No
         native, native_raised = run_lines(NATIVE, lines)
         assert native_raised == python_raised
         assert first_difference(python, native) is None
+        copy_rows = velo_native.CopyRows()
+        copied, copied_raised = run_lines(NATIVE, lines, copy_rows)
+        assert copied_raised == python_raised
+        assert first_difference(python, with_copied_records(copied, copy_rows)) is None
+        for kind in COPY_KINDS:
+            assert_copy_data_like_psycopg(getattr(copy_rows, kind))
 
 
 def test_bad_input_is_not_silently_lost() -> None:
@@ -413,6 +424,12 @@ def test_fuzzed_streams_give_the_same_records(seed: int) -> None:
     native, native_raised = run_lines(NATIVE, lines)
     assert native_raised == python_raised
     assert first_difference(python, native) is None
+    copy_rows = velo_native.CopyRows()
+    copied, copied_raised = run_lines(NATIVE, lines, copy_rows)
+    assert copied_raised == python_raised
+    assert first_difference(python, with_copied_records(copied, copy_rows)) is None
+    for kind in COPY_KINDS:
+        assert_copy_data_like_psycopg(getattr(copy_rows, kind))
 
 
 # -- recovery snapshots --------------------------------------------------------------------------
@@ -558,6 +575,27 @@ def with_copied_records(out: SinkBatch, copy_rows: object) -> SinkBatch:
         assert getattr(out, kind) == [], f"{kind} went to the batch in COPY mode"
         setattr(out, kind, getattr(copy_rows, kind).records())
     return out
+
+
+def assert_copy_data_like_psycopg(table: object) -> None:
+    """`data` is psycopg's bytes; where it refuses, psycopg raises or would truncate an int4."""
+    records = table.records()
+    try:
+        expected = psycopg_copy_tuples(table.table, records)
+    except Exception:  # psycopg refuses the value (TypeError, OverflowError, ...)
+        expected = None
+    int4_columns = [i for i, kind in enumerate(COLUMN_TYPES[table.table].split()) if kind == "int4"]
+    int4_overflow = any(
+        record[i] is not None and not -(2**31) <= record[i] < 2**31
+        for record in records
+        for i in int4_columns
+    )
+    try:
+        data = table.data
+    except ValueError:
+        assert expected is None or int4_overflow, "native refused what psycopg sends"
+        return
+    assert data == expected
 
 
 def psycopg_copy_tuples(table: str, records: list) -> bytes:
