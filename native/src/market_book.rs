@@ -39,8 +39,8 @@ impl PyIntValue {
     }
 }
 
-/// Python's `int(value or 0)`.
-fn python_int(py: Python<'_>, value: JsonRef<'_>) -> PyResult<PyIntValue> {
+/// Python's `int(value or 0)` (odd values go to Python's `int` itself).
+fn python_int(value: JsonRef<'_>) -> PyResult<PyIntValue> {
     if !value.is_truthy() {
         return Ok(PyIntValue::Small(0));
     }
@@ -51,27 +51,26 @@ fn python_int(py: Python<'_>, value: JsonRef<'_>) -> PyResult<PyIntValue> {
             Wide::Float(float) if float.abs() < 1e38 => {
                 Ok(PyIntValue::Small(float.trunc() as i128))
             }
-            Wide::Float(_) => int_by_python(py, value),
+            Wide::Float(_) => int_by_python(value),
         },
-        _ => int_by_python(py, value),
+        _ => int_by_python(value),
     }
 }
 
-fn int_by_python(py: Python<'_>, value: JsonRef<'_>) -> PyResult<PyIntValue> {
-    PyIntValue::from_py(&py.get_type::<PyInt>().call1((value.to_py(py)?,))?)
+fn int_by_python(value: JsonRef<'_>) -> PyResult<PyIntValue> {
+    Python::attach(|py| PyIntValue::from_py(&py.get_type::<PyInt>().call1((value.to_py(py)?,))?))
 }
 
-/// Python's `float(value)`, `None` where it raises (the callers skip such entries).
-fn python_float(py: Python<'_>, value: JsonRef<'_>) -> Option<f64> {
+/// Python's `float(value)`, `None` where it raises (the callers skip such entries); strings
+/// go to Python's `float` itself.
+fn python_float(value: JsonRef<'_>) -> Option<f64> {
     match value.node() {
         Node::Num(number) => Some(number.to_f64()),
         Node::Bool(flag) => Some(*flag as u8 as f64),
-        Node::Str(_) => py
-            .get_type::<PyFloat>()
-            .call1((value.as_str()?,))
-            .ok()?
-            .extract()
-            .ok(),
+        Node::Str(_) => Python::attach(|py| {
+            let parsed = py.get_type::<PyFloat>().call1((value.as_str()?,)).ok()?;
+            parsed.extract().ok()
+        }),
         _ => None,
     }
 }
@@ -164,7 +163,6 @@ impl MarketBook {
     /// Apply one `mc` element; each touched runner's `moved_*` say what it did there.
     pub fn apply(
         &mut self,
-        py: Python<'_>,
         change: JsonRef<'_>,
         mut deltas: Option<&mut Vec<Delta>>,
     ) -> PyResult<Applied> {
@@ -180,7 +178,7 @@ impl MarketBook {
         }
         let definition = definition.filter(|d| d.as_object().is_some());
         if let Some(definition) = definition {
-            self.apply_definition(py, definition)?;
+            self.apply_definition(definition)?;
         }
         let mut touched = Vec::new();
         let mut invalid = 0;
@@ -188,7 +186,7 @@ impl MarketBook {
             match runner_changes.node() {
                 Node::Array { .. } => {
                     for rc in runner_changes.as_list().unwrap() {
-                        let Some((index, key)) = self.runner_for_change(py, rc) else {
+                        let Some((index, key)) = self.runner_for_change(rc) else {
                             invalid += 1;
                             continue;
                         };
@@ -234,11 +232,7 @@ impl MarketBook {
 
     /// The runner an `rc` element addresses and the key as the element spells it; `None`
     /// where the Python raises KeyError/TypeError/ValueError (an invalid entry).
-    fn runner_for_change(
-        &mut self,
-        py: Python<'_>,
-        rc: JsonRef<'_>,
-    ) -> Option<(usize, (Json, f64))> {
+    fn runner_for_change(&mut self, rc: JsonRef<'_>) -> Option<(usize, (Json, f64))> {
         let [selection_id, handicap] = rc.get_many(["id", "hc"]);
         let selection_id = selection_id?;
         let plain_id = selection_id.as_num().and_then(Num::as_int);
@@ -250,7 +244,7 @@ impl MarketBook {
         }
         let handicap = match handicap {
             None => 0.0,
-            Some(value) => python_float(py, value)?,
+            Some(value) => python_float(value)?,
         };
         let id_key = IdKey::of(selection_id)?;
         let index = self.runner_or_add(id_key, selection_id, handicap);
@@ -276,17 +270,17 @@ impl MarketBook {
         index
     }
 
-    fn apply_definition(&mut self, py: Python<'_>, definition: JsonRef<'_>) -> PyResult<()> {
+    fn apply_definition(&mut self, definition: JsonRef<'_>) -> PyResult<()> {
         let field = |key: &str| definition.get(key);
         if let Some(status) = field("status") {
             self.status = status.to_owned();
         }
         self.in_play = field("inPlay").is_some_and(JsonRef::is_truthy);
-        self.bet_delay = python_int(py, field("betDelay").unwrap_or(Json::NULL.as_ref()))?;
+        self.bet_delay = python_int(field("betDelay").unwrap_or(Json::NULL.as_ref()))?;
         if let Some(version) = field("version") {
-            self.version = python_int(py, version)?;
+            self.version = python_int(version)?;
         }
-        self.market_time_ms = market_time_ms(py, field("marketTime"))?;
+        self.market_time_ms = market_time_ms(field("marketTime"))?;
         let runner_definitions = match field("runners") {
             None => None,
             Some(runners) => match runners.node() {
@@ -311,7 +305,7 @@ impl MarketBook {
             };
             let handicap = match field("hc") {
                 None => 0.0,
-                Some(value) => match python_float(py, value) {
+                Some(value) => match python_float(value) {
                     Some(handicap) => handicap,
                     None => continue,
                 },
@@ -377,11 +371,17 @@ impl MarketBook {
 
 /// `int(parse_betfair_time(value).timestamp() * 1000)`, by the Python functions themselves
 /// (ISO parsing and time zones are theirs; definitions are rare).
-fn market_time_ms(py: Python<'_>, value: Option<JsonRef<'_>>) -> PyResult<Option<i64>> {
-    let parsed = crate::records::parse_betfair_time(py, value.unwrap_or(Json::NULL.as_ref()))?;
-    if parsed.is_none() {
+fn market_time_ms(value: Option<JsonRef<'_>>) -> PyResult<Option<i64>> {
+    let value = value.unwrap_or(Json::NULL.as_ref());
+    if !value.is_truthy() {
         return Ok(None);
     }
-    let seconds: f64 = parsed.call_method0("timestamp")?.extract()?;
-    Ok(Some((seconds * 1000.0).trunc() as i64))
+    Python::attach(|py| {
+        let parsed = crate::records::parse_betfair_time(py, value)?;
+        if parsed.is_none() {
+            return Ok(None);
+        }
+        let seconds: f64 = parsed.call_method0("timestamp")?.extract()?;
+        Ok(Some((seconds * 1000.0).trunc() as i64))
+    })
 }

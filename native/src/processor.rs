@@ -71,25 +71,26 @@ pub struct ProcessorState {
 }
 
 /// The `SinkBatch` lists records are appended to, fetched once per call.
-struct SinkLists<'py> {
-    batch: Bound<'py, PyAny>,
-    markets: Bound<'py, PyList>,
-    runners: Bound<'py, PyList>,
-    results: Bound<'py, PyList>,
-    dead_letters: Bound<'py, PyList>,
+///
+/// Held unbound: the processing runs with the GIL released and attaches only to append one of
+/// these rare records (definitions, results, dead letters).
+struct SinkLists {
+    markets: Py<PyList>,
+    runners: Py<PyList>,
+    results: Py<PyList>,
+    dead_letters: Py<PyList>,
 }
 
-impl<'py> SinkLists<'py> {
-    fn of(batch: Bound<'py, PyAny>) -> PyResult<SinkLists<'py>> {
-        let list = |name: &str| -> PyResult<Bound<'py, PyList>> {
-            Ok(batch.getattr(name)?.cast_into::<PyList>()?)
+impl SinkLists {
+    fn of(batch: &Bound<'_, PyAny>) -> PyResult<SinkLists> {
+        let list = |name: &str| -> PyResult<Py<PyList>> {
+            Ok(batch.getattr(name)?.cast_into::<PyList>()?.unbind())
         };
         Ok(SinkLists {
             markets: list("markets")?,
             runners: list("runners")?,
             results: list("results")?,
             dead_letters: list("dead_letters")?,
-            batch,
         })
     }
 }
@@ -121,12 +122,12 @@ impl ProcessorState {
         })
     }
 
+    /// One change, without the GIL (see `SinkLists`).
     fn process_one(
         &mut self,
-        py: Python<'_>,
         item: &ChangeItem,
         rows: &mut Rows,
-        sink: &SinkLists<'_>,
+        sink: &SinkLists,
         messages: &mut i64,
     ) -> PyResult<()> {
         let change = item.change.as_ref();
@@ -134,14 +135,14 @@ impl ProcessorState {
         let image = image.is_some_and(JsonRef::is_truthy);
         if !self.started {
             if !(image || definition.is_some()) {
-                return self.dead_letter(py, item, "unknown_market_before_image", sink);
+                return self.dead_letter(item, "unknown_market_before_image", sink);
             }
             self.started = true;
         }
         let mut publish_ms = item.publish_time_ms;
         if publish_ms < self.last_publish_ms {
             // Applied to the book, counted, and windowed at the market's latest event time.
-            self.dead_letter(py, item, "out_of_order_publish_time", sink)?;
+            self.dead_letter(item, "out_of_order_publish_time", sink)?;
             publish_ms = self.last_publish_ms;
         }
         self.last_publish_ms = publish_ms;
@@ -155,15 +156,15 @@ impl ProcessorState {
         } else {
             None
         };
-        let applied = self.book.apply(py, change, deltas)?;
+        let applied = self.book.apply(change, deltas)?;
         let mut prices_moved = applied.definition_changed || image;
         if applied.invalid > 0 {
-            self.dead_letter(py, item, "invalid_ladder_entry", sink)?;
+            self.dead_letter(item, "invalid_ladder_entry", sink)?;
         }
         let publish_time = UtcTime::from_ms(item.publish_time_ms)?;
         let seconds_to_off = self.book.seconds_to_off(publish_ms);
         if let Some(definition) = definition.filter(|_| applied.definition_changed) {
-            self.emit_definition(py, definition, publish_time, sink)?;
+            self.emit_definition(definition, publish_time, sink)?;
         }
 
         let in_play = self.book.in_play;
@@ -227,10 +228,19 @@ impl ProcessorState {
 
     fn emit_definition(
         &self,
+        definition: JsonRef<'_>,
+        publish_time: UtcTime,
+        sink: &SinkLists,
+    ) -> PyResult<()> {
+        Python::attach(|py| self.emit_definition_records(py, definition, publish_time, sink))
+    }
+
+    fn emit_definition_records(
+        &self,
         py: Python<'_>,
         definition: JsonRef<'_>,
         publish_time: UtcTime,
-        sink: &SinkLists<'_>,
+        sink: &SinkLists,
     ) -> PyResult<()> {
         let classes = classes(py)?;
         let book = &self.book;
@@ -244,7 +254,7 @@ impl ProcessorState {
         let bsp_market = definition.get("bspMarket").is_some_and(JsonRef::is_truthy);
         let publish_time = publish_time.to_py(py)?;
         let market_id = self.market_id.as_ref().into_pyobject(py)?.into_any();
-        sink.markets.append(new_record(
+        sink.markets.bind(py).append(new_record(
             py,
             &classes.market_row,
             [
@@ -267,7 +277,7 @@ impl ProcessorState {
             ],
         )?)?;
         for runner in &book.runners {
-            sink.runners.append(new_record(
+            sink.runners.bind(py).append(new_record(
                 py,
                 &classes.runner_row,
                 [
@@ -285,7 +295,7 @@ impl ProcessorState {
         }
         if book.status.as_str() == Some("CLOSED") {
             for runner in &book.runners {
-                sink.results.append(new_record(
+                sink.results.bind(py).append(new_record(
                     py,
                     &classes.result_row,
                     [
@@ -302,13 +312,7 @@ impl ProcessorState {
         Ok(())
     }
 
-    fn dead_letter(
-        &self,
-        py: Python<'_>,
-        item: &ChangeItem,
-        reason: &str,
-        sink: &SinkLists<'_>,
-    ) -> PyResult<()> {
+    fn dead_letter(&self, item: &ChangeItem, reason: &str, sink: &SinkLists) -> PyResult<()> {
         if item.change.as_ref().depth() > DUMP_MAX_DEPTH {
             return Err(PyTypeError::new_err("Recursion limit reached"));
         }
@@ -317,17 +321,20 @@ impl ProcessorState {
         if let Some((cut, _)) = raw.char_indices().nth(DEAD_LETTER_CHARS) {
             raw.truncate(cut);
         }
-        sink.dead_letters.append(new_record(
-            py,
-            &classes(py)?.dead_letter,
-            [
-                item.source.bind(py).clone(),
-                item.position.bind(py).clone(),
-                reason.into_pyobject(py)?.into_any(),
-                raw.into_pyobject(py)?.into_any(),
-                UtcTime::from_ms(item.publish_time_ms)?.to_py(py)?,
-            ],
-        )?)
+        let recorded_time = UtcTime::from_ms(item.publish_time_ms)?;
+        Python::attach(|py| {
+            sink.dead_letters.bind(py).append(new_record(
+                py,
+                &classes(py)?.dead_letter,
+                [
+                    item.source.bind(py).clone(),
+                    item.position.bind(py).clone(),
+                    reason.into_pyobject(py)?.into_any(),
+                    raw.into_pyobject(py)?.into_any(),
+                    recorded_time.to_py(py)?,
+                ],
+            )?)
+        })
     }
 
     fn snapshots<'py>(&self, py: Python<'py>, out: &Bound<'py, PyList>) -> PyResult<()> {
@@ -503,7 +510,7 @@ impl NativeMarketProcessor {
             Some(batch) => batch,
             None => classes(py)?.sink_batch.bind(py).call0()?,
         };
-        let sink = SinkLists::of(batch)?;
+        let sink = SinkLists::of(&batch)?;
         let mut rows = Rows::default();
         if let Some(copy_rows) = copy_rows {
             // Tick rows go straight into the COPY buffers (they are large to move twice).
@@ -511,20 +518,22 @@ impl NativeMarketProcessor {
             rows.runner_ticks = std::mem::take(&mut copy_rows.runner_ticks);
             rows.market_ticks = std::mem::take(&mut copy_rows.market_ticks);
         }
-        let mut messages = 0;
-        let mut result = Ok(());
-        for item in &changes.get().items {
-            result = self
-                .state
-                .process_one(py, item, &mut rows, &sink, &mut messages);
-            if result.is_err() {
-                break;
+        let items = &changes.get().items;
+        let state = &mut self.state;
+        // The book, windows and rows are Rust alone: other Bytewax workers run meanwhile.
+        let (result, messages) = py.detach(|| {
+            let mut messages = 0;
+            for item in items {
+                if let Err(error) = state.process_one(item, &mut rows, &sink, &mut messages) {
+                    return (Err(error), messages);
+                }
             }
-        }
-        rows.hand_over(py, &self.state, &sink.batch, copy_rows)?;
-        let counted: i64 = sink.batch.getattr("messages")?.extract()?;
-        sink.batch.setattr("messages", counted + messages)?;
-        result.map(|()| sink.batch)
+            (Ok(()), messages)
+        });
+        rows.hand_over(py, &self.state, &batch, copy_rows)?;
+        let counted: i64 = batch.getattr("messages")?.extract()?;
+        batch.setattr("messages", counted + messages)?;
+        result.map(|()| batch)
     }
 
     /// End of stream: close open windows and add the per-runner final snapshot (windows go
