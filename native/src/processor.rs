@@ -1,10 +1,10 @@
 //! `operators.market_processor.MarketProcessor` in Rust: a market's changes in, the same
 //! records out, appended to the same Python `SinkBatch`.
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
-use pyo3::prelude::*;
 use std::sync::Arc;
 
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +14,7 @@ use crate::copy_rows::{
 };
 use crate::json::{num_to_py, Json, JsonRef, DUMP_MAX_DEPTH};
 use crate::market_book::MarketBook;
-use crate::number::Num;
-use crate::number::Wide;
+use crate::number::{Num, Wide};
 use crate::records::{classes, new_record, parse_betfair_time, UtcTime};
 use crate::route::{ChangeItem, MarketChanges};
 use crate::runner_book::Delta;
@@ -70,9 +69,8 @@ pub struct ProcessorState {
     last_market_values: Option<MarketValues>,
 }
 
-/// The `SinkBatch` lists records are appended to, fetched once per call.
-///
-/// Held unbound: the processing runs with the GIL released and attaches only to append one of
+/// The `SinkBatch` lists the rare records are appended to, fetched once per call. Held
+/// unbound: the processing runs with the GIL released and attaches only to append one of
 /// these rare records (definitions, results, dead letters).
 struct SinkLists {
     markets: Py<PyList>,
