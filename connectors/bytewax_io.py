@@ -151,13 +151,11 @@ class RunSummary:
     def add(self, batch: SinkBatch) -> None:
         self.lines += batch.lines
         self.messages += batch.messages
-        for tick in batch.market_ticks:
-            self.markets.add(tick.market_id)
+        self.markets |= batch.market_ids
         for runner in batch.runners:
             self.runners.add((runner.market_id, runner.selection_id, runner.handicap))
-        self.rows["runner_ticks"] += len(batch.runner_ticks)
-        self.rows["market_ticks"] += len(batch.market_ticks)
-        self.rows["windows"] += len(batch.windows)
+        for kind in ("runner_ticks", "market_ticks", "windows"):
+            self.rows[kind] += batch.count(kind)
         self.rows["results"] += len(batch.results)
         if batch.predictions:
             self.rows["predictions"] += len(batch.predictions)

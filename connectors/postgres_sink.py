@@ -65,6 +65,9 @@ _INTEGER_RANGES = {21: (-(2**15), 2**15 - 1), 23: (-(2**31), 2**31 - 1)}
 """int2 and int4 by type oid: psycopg's binary dumpers truncate out-of-range ints silently."""
 _TEMP_BUFFERS = "64MB"
 """Session memory for the staging tables (default 8MB): a large batch stays out of temp files."""
+_BINARY_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+"""Signature, flags and header-extension length of PostgreSQL's binary COPY format."""
+_BINARY_COPY_TRAILER = b"\xff\xff"
 
 
 @dataclass(frozen=True)
@@ -197,8 +200,32 @@ TABLE_NAMES = tuple(spec.table for spec in TABLES)
 _DEAD_LETTERS = TABLES[-1]
 
 
+class EncodedTable(Protocol):
+    """One table's rows already laid out as binary COPY tuples (`velo_native.CopyTable`)."""
+
+    table: str
+    rows: int
+    data: bytes
+    """The tuples (no header, no trailer); ValueError where a value cannot be sent."""
+
+    def records(self) -> list: ...
+
+    def time_range(self) -> tuple[datetime, datetime] | None:
+        """Earliest and latest value of the table's partition column."""
+        ...
+
+
+class EncodedRows(Protocol):
+    """Frequent rows of a processing step in COPY form, per table (`velo_native.CopyRows`)."""
+
+    runner_ticks: EncodedTable
+    market_ticks: EncodedTable
+    windows: EncodedTable
+
+
 class RecordBatch(Protocol):
-    """What `write` takes: lists of records per kind (`operators.market_processor.SinkBatch`)."""
+    """What `write` takes: lists of records per kind (`operators.market_processor.SinkBatch`),
+    plus, optionally, `copy_rows`: a list of `EncodedRows` with more rows of the same tables."""
 
     markets: Sequence[MarketRow]
     runners: Sequence[RunnerRow]
@@ -208,6 +235,53 @@ class RecordBatch(Protocol):
     results: Sequence[ResultRow]
     predictions: Sequence[Prediction]
     dead_letters: Sequence[DeadLetter]
+
+
+class _Encoded:
+    """A group's rows as COPY tuples: sent as they are on the fast path, turned back into
+    records for the checking path and when partitions need more than the time range."""
+
+    def __init__(self, tables: list[EncodedTable]) -> None:
+        self.tables = tables
+        self.count = sum(table.rows for table in tables)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        return iter(self.records())
+
+    def records(self) -> list:
+        return [record for table in self.tables for record in table.records()]
+
+    def data(self) -> bytes:
+        return b"".join(table.data for table in self.tables)
+
+    def time_range(self) -> tuple[datetime, datetime] | None:
+        ranges = [r for table in self.tables if (r := table.time_range()) is not None]
+        if not ranges:
+            return None
+        return min(low for low, _ in ranges), max(high for _, high in ranges)
+
+
+def _batch_groups(batch: RecordBatch, specs: Sequence[TableSpec]) -> list[tuple[TableSpec, Any]]:
+    """(spec, rows) for every table with rows in `batch`; rows are records or `_Encoded`."""
+    encoded: Sequence[EncodedRows] = getattr(batch, "copy_rows", ())
+    groups: list[tuple[TableSpec, Any]] = []
+    for spec in specs:
+        rows = getattr(batch, spec.attribute, None) or []
+        if spec is _DEAD_LETTERS:
+            rows = _storable_dead_letters(rows)
+        tables = [
+            table
+            for step in encoded
+            if (table := getattr(step, spec.attribute, None)) is not None and table.rows
+        ]
+        if tables:
+            rows = _Encoded(tables) if not rows else [*rows, *_Encoded(tables).records()]
+        if rows:
+            groups.append((spec, rows))
+    return groups
 
 
 @dataclass
@@ -288,11 +362,7 @@ class PostgresWriter:
 
         "Written" counts inserted rows and changed upserts, so a replayed batch reports 0s.
         """
-        groups = [
-            (spec, _storable_dead_letters(rows) if spec is _DEAD_LETTERS else rows)
-            for spec in self.specs
-            if (rows := getattr(batch, spec.attribute, None))
-        ]
+        groups = _batch_groups(batch, self.specs)
         if not groups:
             return {}
         attempt = 1
@@ -379,12 +449,19 @@ class PostgresWriter:
         with conn.cursor() as cur:
             for spec, rows in groups:
                 into_table = spec.table in direct
+                if not binary and isinstance(rows, _Encoded):
+                    rows = rows.records()
                 with cur.copy(spec.copy_sql(into_table=into_table, binary=binary)) as copy:
-                    if binary:
-                        copy.set_types(self._column_types[spec.table])
-                    write_row = copy.write_row
-                    for row in rows:
-                        write_row(row)
+                    if isinstance(rows, _Encoded):
+                        copy.write(_BINARY_COPY_HEADER)
+                        copy.write(rows.data())
+                        copy.write(_BINARY_COPY_TRAILER)
+                    else:
+                        if binary:
+                            copy.set_types(self._column_types[spec.table])
+                        write_row = copy.write_row
+                        for row in rows:
+                            write_row(row)
                 if into_table:
                     counts[spec.table] = cur.rowcount
                 else:
@@ -404,6 +481,8 @@ class PostgresWriter:
         """Refuse int2/int4 values out of range before binary COPY would truncate them; the
         tolerant text path then lets PostgreSQL reject exactly those rows."""
         for spec, rows in groups:
+            if isinstance(rows, _Encoded):
+                continue  # the encoder refuses out-of-range values itself (ValueError)
             for index, low, high in self._integer_checks[spec.table]:
                 values = [v for v in map(itemgetter(index), rows) if v is not None]
                 if values and (min(values) < low or max(values) > high):
@@ -578,7 +657,7 @@ class ConcurrentPostgresWriter:
     def write(self, batch: RecordBatch) -> dict[str, int]:
         """Write one batch; rows written per table, plus `rejected` (as `PostgresWriter`)."""
         ticks, rest = self.writers
-        if not getattr(batch, "runner_ticks", None):
+        if not any(spec.table in TICK_TABLES for spec, _ in _batch_groups(batch, ticks.specs)):
             return rest.write(batch)
         pending = self._pool.submit(ticks.write, batch)
         try:
@@ -652,8 +731,16 @@ def _is_bad_data(error: BaseException) -> bool:
     return isinstance(error, (TypeError, ValueError))
 
 
-def _months(rows: Sequence, index: int) -> set[tuple[int, int]]:
+def _months(rows: Sequence | _Encoded, index: int) -> set[tuple[int, int]]:
     """UTC (year, month) of the partition column; naive times are taken as UTC."""
+    if isinstance(rows, _Encoded):
+        bounds = rows.time_range()
+        if bounds is None:
+            return set()
+        low, high = bounds
+        if high.year * 12 + high.month - (low.year * 12 + low.month) <= 1:
+            return {(low.year, low.month), (high.year, high.month)}
+        rows = rows.records()
     getter = itemgetter(index)
     try:
         low, high = min(map(getter, rows)), max(map(getter, rows))

@@ -41,7 +41,13 @@ from connectors.bytewax_io import (
 )
 from connectors.stream_files import expand_paths
 from operators.market_processor import MarketProcessor, SinkBatch, dead_letter_from_bad_line
-from operators.native_core import market_id_of, new_market_processor, route_lines
+from operators.native_core import (
+    finish_step,
+    market_id_of,
+    new_market_processor,
+    process_step,
+    route_lines,
+)
 from operators.race_scoring import RacecardFeatures, RaceScoringState
 
 if TYPE_CHECKING:
@@ -74,13 +80,10 @@ class _MarketLogic(StatefulBatchLogic[object, SinkBatch, MarketProcessor]):
     def on_batch(self, values: list[object]) -> tuple[list[SinkBatch], bool]:
         if self.processor is None:
             self.processor = new_market_processor(market_id_of(values[0]))
-        out = SinkBatch()
-        for changes in values:
-            self.processor.process(changes, out)
-        return [out], StatefulBatchLogic.RETAIN
+        return [process_step(self.processor, values)], StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[SinkBatch], bool]:
-        return [self.processor.finish(SinkBatch())], StatefulBatchLogic.RETAIN
+        return [finish_step(self.processor)], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> MarketProcessor:
         return copy.deepcopy(self.processor)

@@ -58,6 +58,12 @@ class SinkBatch:
     deltas: list[LadderDelta] = field(default_factory=list)
     snapshots: list[dict] = field(default_factory=list)
     """End-of-stream runner books (`velo replay --snapshot-out`)."""
+    copy_rows: list = field(default_factory=list)
+    """More runner ticks, market ticks and windows, already encoded for PostgreSQL's binary
+    COPY by the native processor (`velo_native.CopyRows`, one per processing step): the flow
+    never turns them into Python records unless a consumer asks (`runner_tick_records`…)."""
+    market_ids: set[str] = field(default_factory=set)
+    """Markets that processed at least one message in this batch."""
     lines: int = 0
     messages: int = 0
 
@@ -73,8 +79,24 @@ class SinkBatch:
         self.predictions.extend(other.predictions)
         self.deltas.extend(other.deltas)
         self.snapshots.extend(other.snapshots)
+        self.copy_rows.extend(other.copy_rows)
+        self.market_ids |= other.market_ids
         self.lines += other.lines
         self.messages += other.messages
+
+    def runner_tick_records(self) -> list[RunnerTick]:
+        return self.runner_ticks + [
+            r for rows in self.copy_rows for r in rows.runner_ticks.records()
+        ]
+
+    def market_tick_records(self) -> list[MarketTick]:
+        return self.market_ticks + [
+            r for rows in self.copy_rows for r in rows.market_ticks.records()
+        ]
+
+    def count(self, kind: str) -> int:
+        """Rows of one kind (`runner_ticks`, `market_ticks`, `windows`), encoded ones included."""
+        return len(getattr(self, kind)) + sum(getattr(rows, kind).rows for rows in self.copy_rows)
 
 
 class MarketProcessor:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from operators import stream_messages
-from operators.market_processor import MarketProcessor
+from operators.market_processor import MarketProcessor, SinkBatch
 
 try:
     import velo_native
@@ -55,6 +55,36 @@ SELECTED = NATIVE if NATIVE is not None and os.environ.get("VELO_NATIVE") != "0"
 """What the flows use: native when installed, unless `VELO_NATIVE=0`."""
 route_lines = SELECTED.route_lines
 new_market_processor = SELECTED.new_market_processor
+
+
+def process_step(processor: Any, values: list, out: SinkBatch | None = None) -> SinkBatch:
+    """One flow step of one market: every routed value in order, into one `SinkBatch`.
+
+    The native processor runs in COPY mode here: its ticks and windows stay encoded in
+    `out.copy_rows` until the sink sends them (records only if a consumer asks)."""
+    out = out if out is not None else SinkBatch()
+    if CopyRows is not None and isinstance(processor, velo_native.MarketProcessor):
+        rows = CopyRows()
+        for changes in values:
+            processor.process(changes, out, rows)
+        out.copy_rows.append(rows)
+    else:
+        for changes in values:
+            processor.process(changes, out)
+    if out.messages:
+        out.market_ids.add(processor.market_id)
+    return out
+
+
+def finish_step(processor: Any) -> SinkBatch:
+    """End of stream for one market: its open windows and final runner snapshots."""
+    out = SinkBatch()
+    if CopyRows is not None and isinstance(processor, velo_native.MarketProcessor):
+        rows = CopyRows()
+        processor.finish(out, rows)
+        out.copy_rows.append(rows)
+        return out
+    return processor.finish(out)
 
 
 def market_id_of(changes: Any) -> str:
