@@ -107,9 +107,7 @@ def bench_server(label: str, server_url: str, batches: list[SinkBatch], repeat: 
     rows = rows_in(batches)
     new = best_of(repeat, server_url, lambda url: timed_writes(url, batches))
     print(f"{'all, one connection':<20}{rows:>9,}{rows / new:>14,.0f}  ({len(batches)} batches)")
-    new = best_of(
-        repeat, server_url, lambda url: timed_writes(url, batches, concurrent=True)
-    )
+    new = best_of(repeat, server_url, lambda url: timed_writes(url, batches, concurrent=True))
     print(f"{'all (as the flow)':<20}{rows:>9,}{rows / new:>14,.0f}  (two connections)")
 
 
