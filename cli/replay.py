@@ -85,6 +85,7 @@ def replay(
             racecards=StreamFileSource([racecards]) if racecards is not None else None,
             scorer_factory=(lambda: scorer) if scorer is not None else None,
             score_every_seconds=score_every_seconds,
+            overlap_writes=True,  # a replay keeps no recovery snapshots
         )
         cli_main(flow, workers_per_process=max(1, workers))
 

@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         if scorer is None
         else PredictionTopicSink(settings.kafka_bootstrap, settings.velo_topic_predictions),
         score_every_seconds=args.score_every,
+        overlap_writes=recovery is None,
     )
     cli_main(
         flow,

@@ -181,11 +181,14 @@ def build_market_flow(
     scorer_factory: Callable[[], LiveRaceScorer] | None = None,
     prediction_sink: Sink | None = None,
     score_every_seconds: float = 10.0,
+    overlap_writes: bool = False,
 ) -> Dataflow:
     """The market dataflow; with `racecards` and `scorer_factory`, also the race scoring.
 
     `scorer_factory` is called once per process, on first use. Predictions go to the
     database (and the summary) with every other row, and to `prediction_sink` if given.
+    `overlap_writes`: write each batch while the next is computed (runs without recovery
+    snapshots only, see `DatabaseSink`).
     """
     if (racecards is None) != (scorer_factory is None):
         raise ValueError("racecards and scorer_factory must be given together")
@@ -228,7 +231,7 @@ def build_market_flow(
             op.output("prediction_topic", scored, prediction_sink)
         streams += [scored, op.map("bad_racecard_rows", card_split.falses, lambda kv: kv[1])]
     batches = op.merge("all_batches", *streams)
-    op.output("database", batches, DatabaseSink(writer_factory))
+    op.output("database", batches, DatabaseSink(writer_factory, overlap=overlap_writes))
     if dead_letter_sink is not None:
         op.output("dead_letter_topic", batches, dead_letter_sink)
     if summary is not None or summary_path is not None:
