@@ -15,9 +15,10 @@ RunnerKey = tuple[int, float]
 SETTLED_STATUSES = frozenset({"WINNER", "LOSER", "PLACED", "REMOVED", "HIDDEN"})
 
 
-def parse_betfair_time(value: str | None) -> datetime | None:
-    """Betfair's ISO timestamps ('2021-07-30T05:44:00.000Z') as aware datetimes."""
-    if not value:
+def parse_betfair_time(value: object) -> datetime | None:
+    """Betfair's ISO timestamps ('2021-07-30T05:44:00.000Z') as aware datetimes; None for
+    anything else (absent, not a string, not ISO)."""
+    if not value or type(value) is not str:
         return None
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -25,9 +26,29 @@ def parse_betfair_time(value: str | None) -> datetime | None:
         return None
 
 
-AppliedChange = tuple[list[RunnerBook], int, bool]
+def betfair_time_ms(value: object) -> int | None:
+    """A Betfair timestamp as ms since the epoch; None when `parse_betfair_time` gives none or
+    `timestamp()` refuses it (a naive time, read as local time, at an end of the calendar)."""
+    parsed = parse_betfair_time(value)
+    if parsed is None:
+        return None
+    try:
+        return int(parsed.timestamp() * 1000)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _definition_int(value: object) -> int | None:
+    """`int(value or 0)` (`betDelay`, `version`); None where `int` refuses the value."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+AppliedChange = tuple[list[RunnerBook], int, bool, bool]
 """What one `mc` element did: (runners touched in first-touch order, invalid entries,
-definition received)."""
+definition received, definition valid)."""
 
 
 class MarketBook:
@@ -62,12 +83,11 @@ class MarketBook:
             self.total_matched = 0.0
         definition = change.get("marketDefinition")
         definition_changed = isinstance(definition, dict)
-        if definition_changed:
-            self._apply_definition(definition)
+        definition_valid = self._apply_definition(definition) if definition_changed else True
         touched: list[RunnerBook] = []
         invalid = 0
         runner_changes = change.get("rc")
-        if runner_changes:
+        if type(runner_changes) is list:
             plain_runners = self._plain_runners
             for rc in runner_changes:
                 try:
@@ -93,10 +113,12 @@ class MarketBook:
                     runner.moved_lay_added = runner.moved_lay_removed = 0.0
                     touched.append(runner)
                 invalid += runner.apply(rc, deltas)
+        elif runner_changes is not None:
+            invalid += 1  # a number, string or object: no runner change can be read from it
         total = change.get("tv")
         if isinstance(total, (float, int)) and total >= 0:
             self.total_matched = total
-        return touched, invalid, definition_changed
+        return touched, invalid, definition_changed, definition_valid
 
     def _add_runner(self, key: RunnerKey) -> RunnerBook:
         runner = self.runners[key] = RunnerBook(*key)
@@ -105,26 +127,54 @@ class MarketBook:
             self._plain_runners[selection_id] = runner
         return runner
 
-    def _apply_definition(self, definition: dict) -> None:
+    def _apply_definition(self, definition: dict) -> bool:
+        """Take a market definition; False when part of it is invalid.
+
+        Invalid parts are skipped and the rest applied: a `betDelay`/`version` that `int`
+        refuses keeps the book's value, a `marketTime` that is not a Betfair time (or a
+        runner's `removalDate` that is not) reads as none, `runners` that is not a list and
+        runner entries without a usable `id`/`hc` are left out. Definitions are rare, so
+        this may cost a little more than the per-tick code.
+        """
+        valid = True
         self.definition = definition
         self.status = definition.get("status", self.status)
         self.in_play = bool(definition.get("inPlay", False))
-        self.bet_delay = int(definition.get("betDelay", 0) or 0)
-        self.version = int(definition.get("version", self.version) or 0)
-        market_time = parse_betfair_time(definition.get("marketTime"))
-        self.market_time_ms = int(market_time.timestamp() * 1000) if market_time else None
-        for runner_definition in definition.get("runners", ()):
+        bet_delay = _definition_int(definition.get("betDelay", 0))
+        if bet_delay is None:
+            valid = False
+        else:
+            self.bet_delay = bet_delay
+        if "version" in definition:
+            version = _definition_int(definition["version"])
+            if version is None:
+                valid = False
+            else:
+                self.version = version
+        market_time = definition.get("marketTime")
+        self.market_time_ms = betfair_time_ms(market_time) if market_time else None
+        if market_time and self.market_time_ms is None:
+            valid = False
+        runner_definitions = definition.get("runners", [])
+        if type(runner_definitions) is not list:
+            valid = False
+            runner_definitions = []
+        for runner_definition in runner_definitions:
             try:
                 key = (runner_definition["id"], float(runner_definition.get("hc", 0.0)))
+                runner = self.runners.get(key) or self._add_runner(key)
             except (KeyError, TypeError, ValueError):
+                valid = False
                 continue
-            runner = self.runners.get(key) or self._add_runner(key)
             runner.status = runner_definition.get("status", runner.status)
             runner.bsp = runner_definition.get("bsp", runner.bsp)
             runner.adjustment_factor = runner_definition.get("adjustmentFactor")
-            runner.removal_date = runner_definition.get("removalDate")
+            removal_date = runner.removal_date = runner_definition.get("removalDate")
+            if removal_date and betfair_time_ms(removal_date) is None:
+                valid = False
             runner.sort_priority = runner_definition.get("sortPriority")
             runner.name = runner_definition.get("name", runner.name)
+        return valid
 
     # -- derived market values -------------------------------------------------------------
 

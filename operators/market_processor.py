@@ -36,6 +36,10 @@ _new_record = tuple.__new__
 """Builds a NamedTuple from a tuple without its per-field Python `__new__` (hot path)."""
 
 
+UNSERIALISABLE_CHANGE = "<market change nested too deeply to write as JSON>"
+"""`DeadLetter.raw` of a change `orjson.dumps` refuses (nested deeper than it writes)."""
+
+
 def ms_to_datetime(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
@@ -149,12 +153,14 @@ class MarketProcessor:
         windows.advance(publish_ms, out.windows, out.live_windows)
 
         book = self.book
-        touched, invalid, definition_changed = book.apply(
+        touched, invalid, definition_changed, definition_valid = book.apply(
             change, publish_ms, out.deltas if self.keep_deltas else None
         )
         # Book percentages change only with a best price or a status: recompute them when a
         # runner's tick shows a new best (or a new runner), or after a definition or image.
         prices_moved = definition_changed or change.get("img")
+        if not definition_valid:
+            out.dead_letters.append(self._dead(item, "invalid_market_definition"))
         if invalid:
             out.dead_letters.append(self._dead(item, "invalid_ladder_entry"))
         publish_time = ms_to_datetime(item.publish_time_ms)
@@ -250,12 +256,12 @@ class MarketProcessor:
         return out
 
     def _dead(self, item: MarketChange, reason: str) -> DeadLetter:
+        try:
+            raw = orjson.dumps(item.change).decode()[:10_000]
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
+            raw = UNSERIALISABLE_CHANGE
         return DeadLetter(
-            item.source,
-            item.position,
-            reason,
-            orjson.dumps(item.change).decode()[:10_000],
-            ms_to_datetime(item.publish_time_ms),
+            item.source, item.position, reason, raw, ms_to_datetime(item.publish_time_ms)
         )
 
 

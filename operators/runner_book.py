@@ -217,7 +217,11 @@ class RunnerBook:
         side: str,
         deltas: list | None,
     ) -> tuple[int, float, float]:
-        """Apply `[price, size]` levels; return (invalid entries, size added, size pulled)."""
+        """Apply `[price, size]` levels; return (invalid entries, size added, size pulled).
+
+        Prices and sizes are non-negative numbers, and a level with a size has a positive
+        price (it may become the best price, which is divided by; `[0, 0]` removes nothing).
+        """
         if type(entries) is not list:
             return 1, 0.0, 0.0
         invalid = 0
@@ -239,6 +243,9 @@ class RunnerBook:
                 invalid += 1
                 continue
             if size:
+                if not price:
+                    invalid += 1
+                    continue
                 old = ladder.get(price)
                 ladder[price] = size
                 if old is None:
@@ -415,6 +422,9 @@ def _apply_levels(levels: dict[int, tuple[float, float]], entries: list) -> int:
             invalid += 1
             continue
         if size:
+            if not price:  # level 0 gives the best price, which is divided by
+                invalid += 1
+                continue
             levels[level] = (price, size)
         else:
             levels.pop(level, None)

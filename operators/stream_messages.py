@@ -8,7 +8,9 @@ captures) and the live path (raw lines from Kafka). A line is one JSON object:
                                   "marketDefinition": {...}, "rc": [...], "tv": 12.5}]}
 
 `op` values other than `mcm` that the stream legitimately sends (`connection`, `status`,
-`heartbeat`) carry no market data and are skipped; anything else is a dead letter.
+`heartbeat`) carry no market data and are skipped; anything else is a dead letter. So is a
+publish time (`pt`, ms since the epoch) that is not an int or lies outside
+`[MIN_PUBLISH_TIME_MS, MAX_PUBLISH_TIME_MS)`: every record carries it as a datetime.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from typing import NamedTuple
 from orjson import JSONDecodeError, loads
 
 CONTROL_OPS = frozenset({"connection", "status", "heartbeat"})
+MIN_PUBLISH_TIME_MS = -62_135_510_400_000
+"""0001-01-02T00:00Z: a day inside `datetime`'s range, so a window of up to a day (see
+`windows.MAX_WINDOW_SECONDS`) around any accepted publish time is a datetime too."""
+MAX_PUBLISH_TIME_MS = 253_402_214_400_000
+"""9999-12-31T00:00Z (exclusive), a day inside `datetime`'s range likewise."""
 _new_record = tuple.__new__
 """Builds a NamedTuple from a tuple without its per-field Python `__new__` (hot path)."""
 
@@ -73,10 +80,12 @@ def _parse(raw: bytes | str, source: str, position: int) -> list[MarketChange] |
         return "not_an_object"
     op = message.get("op")
     if op != "mcm":
-        return None if op in CONTROL_OPS else "unknown_op"
+        return None if type(op) is str and op in CONTROL_OPS else "unknown_op"
     publish_time = message.get("pt")
     if type(publish_time) is not int:
         return "missing_publish_time"
+    if not MIN_PUBLISH_TIME_MS <= publish_time < MAX_PUBLISH_TIME_MS:
+        return "publish_time_out_of_range"
     market_changes = message.get("mc")
     if market_changes is None or message.get("ct") == "HEARTBEAT":
         return None

@@ -24,6 +24,9 @@ DEFAULT_WINDOW_SECONDS: tuple[int, ...] = (1, 10, 60)
 PERSISTED_WINDOW_SECONDS: tuple[int, ...] = (10, 60)
 """Lengths written to the database; 1 s windows feed in-flow detectors only (they would
 add about one row per stream message)."""
+MAX_WINDOW_SECONDS = 86_400
+"""Longest window: accepted publish times keep a day inside `datetime`'s range (see
+`stream_messages.MIN_PUBLISH_TIME_MS`), so every window boundary is a datetime."""
 MARKET_SELECTION_ID = 0
 """Market-level windows are stored with this selection id."""
 _TICKS = {price: index for index, price in enumerate(PRICES)}
@@ -41,8 +44,11 @@ class MarketWindows:
         window_seconds: tuple[int, ...] = DEFAULT_WINDOW_SECONDS,
         persisted_seconds: tuple[int, ...] = PERSISTED_WINDOW_SECONDS,
     ):
-        if not window_seconds or any(s <= 0 for s in window_seconds):
-            raise ValueError(f"window lengths must be positive seconds, got {window_seconds!r}")
+        if not window_seconds or any(not 0 < s <= MAX_WINDOW_SECONDS for s in window_seconds):
+            raise ValueError(
+                f"window lengths must be positive seconds, at most {MAX_WINDOW_SECONDS}, "
+                f"got {window_seconds!r}"
+            )
         self.market_id = market_id
         self.window_seconds = tuple(sorted(set(window_seconds)))
         self.persisted_seconds = frozenset(persisted_seconds)

@@ -181,11 +181,41 @@ def test_negative_and_non_numeric_sizes_are_skipped_and_counted() -> None:
         (b'{"op": "ocm", "pt": 1}', "unknown_op"),
         (b'{"op": "mcm", "mc": []}', "missing_publish_time"),
         (b'{"op": "mcm", "pt": 1, "mc": {"id": "1.1"}}', "malformed_market_changes"),
+        (b'{"op": ["mcm"], "pt": 1}', "unknown_op"),
+        (b'{"op": "mcm", "pt": 253402214400000, "mc": []}', "publish_time_out_of_range"),
+        (b'{"op": "mcm", "pt": -62135510400001, "mc": []}', "publish_time_out_of_range"),
     ],
 )
 def test_bad_lines_have_reasons(raw: bytes, reason: str) -> None:
     parsed = parse_line(raw, "file", 7)
     assert parsed.bad is not None and parsed.bad.reason == reason and parsed.bad.raw == raw
+
+
+def test_invalid_definition_parts_are_skipped_and_counted() -> None:
+    broken = {**definition("SUSPENDED", version=1), "version": "v2", "marketTime": 5}
+    broken["runners"] = [*broken["runners"], {"id": [4]}, {"id": 5, "hc": "x"}]
+    processor, out = run(IMAGE, line(T0 + 10, {"id": MARKET, "marketDefinition": broken}))
+    assert [d.reason for d in out.dead_letters] == ["invalid_market_definition"]
+    book = processor.book
+    assert (book.status, book.version, book.market_time_ms) == ("SUSPENDED", 1, None)
+    assert len(book.runners) == 3
+    assert out.markets[-1].market_time is None
+
+
+def test_a_price_of_zero_with_a_size_is_skipped_and_counted() -> None:
+    zero = line(T0 + 10, {"id": MARKET, "rc": [{"id": 1, "atl": [[0, 5], [3.02, 2]]}]})
+    processor, out = run(IMAGE, zero)
+    assert [d.reason for d in out.dead_letters] == ["invalid_ladder_entry"]
+    assert processor.book.runners[(1, 0.0)].best_lay == 3.02
+    cleared = line(T0 + 20, {"id": MARKET, "rc": [{"id": 1, "batl": [[0, 0, 0]]}]})
+    assert run(IMAGE, cleared)[1].dead_letters == []  # a level cleared at price 0 is valid
+
+
+def test_window_lengths_are_positive_and_at_most_a_day() -> None:
+    MarketProcessor(MARKET, window_seconds=(86_400,), persisted_window_seconds=())
+    for lengths in ((0,), (86_401,), ()):
+        with pytest.raises(ValueError):
+            MarketProcessor(MARKET, window_seconds=lengths)
 
 
 def test_control_messages_and_heartbeats_are_not_errors() -> None:

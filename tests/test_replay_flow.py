@@ -192,3 +192,111 @@ def test_bytewax_run_with_two_workers_matches_in_process_replay(
     )
     for table in TABLES:
         assert dump_table(via_bytewax_run, table) == dump_table(in_process, table), table
+
+
+def _once_crashing_stream(path: Path) -> dict[str, int]:
+    """A stream file whose lines once crashed the operators (both implementations), between a
+    valid image and a valid update; returns the dead letters it must give, by reason."""
+    t0 = 1_700_000_000_000
+    market = "1.100"
+
+    def line(*changes: object, pt: int, op: object = "mcm") -> bytes:
+        return orjson.dumps({"op": op, "clk": "c", "pt": pt, "mc": list(changes)})
+
+    def definition(**overrides: object) -> dict:
+        return {
+            "status": "OPEN",
+            "version": 3,
+            "betDelay": 0,
+            "marketTime": "2023-11-14T22:23:20.000Z",
+            "runners": [{"id": 1, "status": "ACTIVE"}, {"id": 2, "status": "ACTIVE"}],
+            **overrides,
+        }
+
+    def with_definition(pt: int, **overrides: object) -> bytes:
+        return line({"id": market, "marketDefinition": definition(**overrides)}, pt=pt)
+
+    # read by orjson (1024 levels), too deep for it to write back (254)
+    deep = f'{{"op":"mcm","pt":{t0 + 1000},"mc":[{{"id":"1.200","x":{"[" * 1000}{"]" * 1000}}}]}}'
+    lines = [
+        line(
+            {
+                "id": market,
+                "img": True,
+                "marketDefinition": definition(),
+                "rc": [
+                    {"id": 1, "atb": [[3.0, 100]], "atl": [[3.05, 40]]},
+                    {"id": 2, "atb": [[4.0, 20]], "atl": [[4.2, 30]]},
+                ],
+            },
+            pt=t0,
+        ),
+        line({"id": market, "rc": [{"id": 2, "atl": [[0, 5], [4.1, 3]]}]}, pt=t0 + 100),
+        line({"id": market, "rc": 5, "tv": 10.5}, pt=t0 + 200),
+        with_definition(t0 + 300, runners=None),
+        with_definition(t0 + 400, runners=[{"id": [1]}, {"id": 2}]),
+        with_definition(t0 + 500, version="abc"),
+        with_definition(t0 + 600, betDelay=[1]),
+        with_definition(t0 + 700, marketTime=5),
+        with_definition(t0 + 800, runners=[{"id": 1}, {"id": 2, "removalDate": 7}]),
+        line({"id": market}, pt=2**62),
+        line({"id": market}, pt=-(2**62)),
+        line({"id": market, "rc": [{"id": 1, "ltp": 3.0}]}, pt=253_402_300_799_999),
+        line({"id": market}, pt=t0 + 900, op=[1]),
+        deep.encode(),
+        line({"id": market, "rc": [{"id": 1, "atb": [[3.0, 90]], "ltp": 3.0}]}, pt=t0 + 2500),
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return {
+        "invalid_ladder_entry": 2,
+        "invalid_market_definition": 6,
+        "publish_time_out_of_range": 3,
+        "unknown_op": 1,
+        "unknown_market_before_image": 1,
+    }
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_lines_that_once_crashed_are_dead_lettered_by_velo_replay(
+    native: str, scratch_database_factory, tmp_path: Path
+) -> None:
+    from operators.market_processor import UNSERIALISABLE_CHANGE
+    from operators.native_core import NATIVE_AVAILABLE
+
+    if native == "1" and not NATIVE_AVAILABLE:
+        pytest.skip("velo_native is not installed")
+    stream = tmp_path / "once-crashing.jsonl"
+    expected = _once_crashing_stream(stream)
+    database = scratch_database_factory()
+    summary_json = tmp_path / "summary.json"
+    arguments = ["replay", str(stream), "--db", database, "--summary-json", str(summary_json)]
+    finished = subprocess.run(
+        [sys.executable, "-m", "cli.main", *arguments, "--no-progress"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "VELO_NATIVE": native},
+    )
+    assert finished.returncode == 0, finished.stderr.decode()[-3000:]
+    summary = orjson.loads(summary_json.read_bytes())
+    assert summary["dead_letters"] == expected
+    assert summary["bad_lines"] == sum(expected.values())
+    assert summary["lines"] == 15
+    # image, 2 ladder lines, 6 definitions, the update; the 3 out-of-range lines, the op and
+    # the change before its market's image are not processed
+    assert summary["messages"] == 10
+    with psycopg.connect(database) as conn:
+        stored = dict(
+            conn.execute("select reason, count(*) from dead_letters group by reason").fetchall()
+        )
+        (deep_raw,) = conn.execute(
+            "select raw from dead_letters where reason = 'unknown_market_before_image'"
+        ).fetchone()
+        versions = [v for (v,) in conn.execute("select version from markets").fetchall()]
+        best_lay = conn.execute(
+            "select best_lay from runner_ticks where selection_id = 2 order by seq desc limit 1"
+        ).fetchone()
+    assert stored == expected
+    assert deep_raw == UNSERIALISABLE_CHANGE
+    assert versions == [3]  # the one market row; the refused version left the book's value
+    assert best_lay == (4.1,)  # the price-0 level was skipped, the rest of the line applied

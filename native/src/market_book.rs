@@ -2,12 +2,12 @@
 //!
 //! Every rule of the Python is kept, including the odd ones a corrupted stream can reach
 //! (selection ids that are floats, strings or bools; handicaps given as strings; NaN
-//! handicaps that never match a runner), because the output must be identical. Where the
-//! Python raises on bad input, this raises the same exception type.
+//! handicaps that never match a runner), because the output must be identical. Invalid parts
+//! of a change are counted (invalid entries, an invalid definition), as the Python counts
+//! them, never raised.
 
 use std::collections::HashMap;
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt};
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,8 @@ impl PyIntValue {
     }
 }
 
-/// Python's `int(value or 0)` (odd values go to Python's `int` itself).
+/// Python's `int(value or 0)` (odd values go to Python's `int` itself); an error where `int`
+/// refuses the value (`_definition_int` gives None there).
 fn python_int(value: JsonRef<'_>) -> PyResult<PyIntValue> {
     if !value.is_truthy() {
         return Ok(PyIntValue::Small(0));
@@ -120,12 +121,13 @@ fn runner_key(id: IdKey, handicap: f64) -> Option<RunnerKey> {
         },
     ))
 }
-/// What one `mc` element did: runners touched (first-touch order), invalid entries, and
-/// whether it carried a market definition.
+/// What one `mc` element did: runners touched (first-touch order), invalid entries, whether
+/// it carried a market definition and whether that was valid.
 pub struct Applied {
     pub touched: Vec<usize>,
     pub invalid: u64,
     pub definition_changed: bool,
+    pub definition_valid: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -177,12 +179,13 @@ impl MarketBook {
             self.total_matched = Json::num(Num::Float(0.0));
         }
         let definition = definition.filter(|d| d.as_object().is_some());
-        if let Some(definition) = definition {
-            self.apply_definition(definition)?;
-        }
+        let definition_valid = match definition {
+            Some(definition) => self.apply_definition(definition)?,
+            None => true,
+        };
         let mut touched = Vec::new();
         let mut invalid = 0;
-        if let Some(runner_changes) = runner_changes.filter(|rc| rc.is_truthy()) {
+        if let Some(runner_changes) = runner_changes {
             match runner_changes.node() {
                 Node::Array { .. } => {
                     for rc in runner_changes.as_list().unwrap() {
@@ -204,18 +207,9 @@ impl MarketBook {
                         invalid += runner.apply(index, rc, deltas.as_deref_mut());
                     }
                 }
-                // Iterating a dict or a string yields strings, and `str["id"]` is a TypeError.
-                Node::Object { len, .. } => invalid += *len as u64,
-                Node::Str(_) => {
-                    let text = runner_changes.as_str().unwrap_or_default();
-                    invalid += text.chars().count() as u64;
-                }
-                _ => {
-                    return Err(PyTypeError::new_err(format!(
-                        "'{}' object is not iterable",
-                        runner_changes.python_type_name()
-                    )))
-                }
+                Node::Null => {}
+                // A number, string or object: no runner change can be read from it.
+                _ => invalid += 1,
             }
         }
         if let Some(total) = total {
@@ -227,6 +221,7 @@ impl MarketBook {
             touched,
             invalid,
             definition_changed: definition.is_some(),
+            definition_valid,
         })
     }
 
@@ -270,54 +265,50 @@ impl MarketBook {
         index
     }
 
-    fn apply_definition(&mut self, definition: JsonRef<'_>) -> PyResult<()> {
+    /// Take a market definition; `false` when part of it is invalid (skipped, the rest
+    /// applied), as `MarketBook._apply_definition` decides. Errors only where Python itself
+    /// fails (not on any input).
+    fn apply_definition(&mut self, definition: JsonRef<'_>) -> PyResult<bool> {
+        let mut valid = true;
         let field = |key: &str| definition.get(key);
         if let Some(status) = field("status") {
             self.status = status.to_owned();
         }
         self.in_play = field("inPlay").is_some_and(JsonRef::is_truthy);
-        self.bet_delay = python_int(field("betDelay").unwrap_or(Json::NULL.as_ref()))?;
-        if let Some(version) = field("version") {
-            self.version = python_int(version)?;
+        match python_int(field("betDelay").unwrap_or(Json::NULL.as_ref())) {
+            Ok(bet_delay) => self.bet_delay = bet_delay,
+            Err(_) => valid = false,
         }
-        self.market_time_ms = market_time_ms(field("marketTime"))?;
+        if let Some(version) = field("version") {
+            match python_int(version) {
+                Ok(version) => self.version = version,
+                Err(_) => valid = false,
+            }
+        }
+        let market_time = field("marketTime").filter(|time| time.is_truthy());
+        self.market_time_ms = match market_time {
+            Some(time) => Python::attach(|py| crate::records::betfair_time_ms(py, time))?,
+            None => None,
+        };
+        if market_time.is_some() && self.market_time_ms.is_none() {
+            valid = false;
+        }
         let runner_definitions = match field("runners") {
             None => None,
-            Some(runners) => match runners.node() {
-                Node::Array { .. } => runners.as_list(),
-                // A dict or string iterates as strings: each one fails `["id"]` and is skipped.
-                Node::Object { .. } | Node::Str(_) => None,
-                _ => {
-                    return Err(PyTypeError::new_err(format!(
-                        "'{}' object is not iterable",
-                        runners.python_type_name()
-                    )))
+            Some(runners) => {
+                if runners.as_list().is_none() {
+                    valid = false;
                 }
-            },
+                runners.as_list()
+            }
         };
         for runner_definition in runner_definitions.into_iter().flatten() {
-            if runner_definition.as_object().is_none() {
-                continue;
-            }
-            let field = |key: &str| runner_definition.get(key);
-            let Some(selection_id) = field("id") else {
+            let Some(index) = self.runner_for_definition(runner_definition) else {
+                valid = false;
                 continue;
             };
-            let handicap = match field("hc") {
-                None => 0.0,
-                Some(value) => match python_float(value) {
-                    Some(handicap) => handicap,
-                    None => continue,
-                },
-            };
-            let Some(id_key) = IdKey::of(selection_id) else {
-                return Err(PyTypeError::new_err(format!(
-                    "unhashable type: '{}'",
-                    selection_id.python_type_name()
-                )));
-            };
-            let index = self.runner_or_add(id_key, selection_id, handicap);
             let runner = &mut self.runners[index];
+            let field = |key: &str| runner_definition.get(key);
             let owned = |key: &str| field(key).map_or(Json::NULL, JsonRef::to_owned);
             if let Some(status) = field("status") {
                 runner.status = status.to_owned();
@@ -327,12 +318,36 @@ impl MarketBook {
             }
             runner.adjustment_factor = owned("adjustmentFactor");
             runner.removal_date = owned("removalDate");
+            if let Some(removal_date) = field("removalDate").filter(|date| date.is_truthy()) {
+                let known = match removal_date.node() {
+                    Node::Str(_) => {
+                        Python::attach(|py| crate::records::betfair_time_ms(py, removal_date))?
+                            .is_some()
+                    }
+                    _ => false,
+                };
+                valid &= known;
+            }
             runner.sort_priority = owned("sortPriority");
             if let Some(name) = field("name") {
                 runner.name = name.to_owned();
             }
         }
-        Ok(())
+        Ok(valid)
+    }
+
+    /// The runner a definition's runner entry addresses (added if new); `None` where the
+    /// Python raises KeyError/TypeError/ValueError (no usable `id`/`hc`: an invalid part).
+    fn runner_for_definition(&mut self, runner_definition: JsonRef<'_>) -> Option<usize> {
+        runner_definition.as_object()?;
+        let [selection_id, handicap] = runner_definition.get_many(["id", "hc"]);
+        let selection_id = selection_id?;
+        let handicap = match handicap {
+            None => 0.0,
+            Some(value) => python_float(value)?,
+        };
+        let id_key = IdKey::of(selection_id)?;
+        Some(self.runner_or_add(id_key, selection_id, handicap))
     }
 
     /// (back book %, lay book %, active runners) over active runners, in runner order.
@@ -367,21 +382,4 @@ impl MarketBook {
         self.market_time_ms
             .map(|off| ((off as i128 - publish_time_ms) as f64) / 1000.0)
     }
-}
-
-/// `int(parse_betfair_time(value).timestamp() * 1000)`, by the Python functions themselves
-/// (ISO parsing and time zones are theirs; definitions are rare).
-fn market_time_ms(value: Option<JsonRef<'_>>) -> PyResult<Option<i64>> {
-    let value = value.unwrap_or(Json::NULL.as_ref());
-    if !value.is_truthy() {
-        return Ok(None);
-    }
-    Python::attach(|py| {
-        let parsed = crate::records::parse_betfair_time(py, value)?;
-        if parsed.is_none() {
-            return Ok(None);
-        }
-        let seconds: f64 = parsed.call_method0("timestamp")?.extract()?;
-        Ok(Some((seconds * 1000.0).trunc() as i64))
-    })
 }

@@ -22,6 +22,11 @@ use crate::windows::{ClosedWindow, MarketWindows};
 
 /// `DeadLetter.raw` keeps this many characters of the change's JSON.
 const DEAD_LETTER_CHARS: usize = 10_000;
+/// `UNSERIALISABLE_CHANGE` of `operators.market_processor`: `DeadLetter.raw` of a change
+/// nested deeper than orjson writes.
+const UNSERIALISABLE_CHANGE: &str = "<market change nested too deeply to write as JSON>";
+/// `MAX_WINDOW_SECONDS` of `operators.windows`.
+const MAX_WINDOW_SECONDS: i64 = 86_400;
 
 /// The market-wide values of a `MarketTick` (written when they change).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -100,9 +105,14 @@ impl ProcessorState {
         persisted_window_seconds: &[i64],
         keep_deltas: bool,
     ) -> PyResult<ProcessorState> {
-        if window_seconds.is_empty() || window_seconds.iter().any(|s| *s <= 0) {
+        if window_seconds.is_empty()
+            || window_seconds
+                .iter()
+                .any(|s| !(1..=MAX_WINDOW_SECONDS).contains(s))
+        {
             return Err(PyValueError::new_err(format!(
-                "window lengths must be positive seconds, got {window_seconds:?}"
+                "window lengths must be positive seconds, at most {MAX_WINDOW_SECONDS}, \
+                 got {window_seconds:?}"
             )));
         }
         let book = MarketBook::new();
@@ -156,6 +166,9 @@ impl ProcessorState {
         };
         let applied = self.book.apply(change, deltas)?;
         let mut prices_moved = applied.definition_changed || image;
+        if !applied.definition_valid {
+            self.dead_letter(item, "invalid_market_definition", sink)?;
+        }
         if applied.invalid > 0 {
             self.dead_letter(item, "invalid_ladder_entry", sink)?;
         }
@@ -311,13 +324,14 @@ impl ProcessorState {
     }
 
     fn dead_letter(&self, item: &ChangeItem, reason: &str, sink: &SinkLists) -> PyResult<()> {
-        if item.change.as_ref().depth() > DUMP_MAX_DEPTH {
-            return Err(PyTypeError::new_err("Recursion limit reached"));
-        }
         let mut raw = String::new();
-        item.change.dump(&mut raw);
-        if let Some((cut, _)) = raw.char_indices().nth(DEAD_LETTER_CHARS) {
-            raw.truncate(cut);
+        if item.change.as_ref().depth() > DUMP_MAX_DEPTH {
+            raw.push_str(UNSERIALISABLE_CHANGE);
+        } else {
+            item.change.dump(&mut raw);
+            if let Some((cut, _)) = raw.char_indices().nth(DEAD_LETTER_CHARS) {
+                raw.truncate(cut);
+            }
         }
         let recorded_time = UtcTime::from_ms(item.publish_time_ms)?;
         Python::attach(|py| {

@@ -27,6 +27,7 @@ pub struct Classes {
     pub datetime: Py<PyType>,
     pub utc: Py<PyAny>,
     pub parse_betfair_time: Py<PyAny>,
+    pub betfair_time_ms: Py<PyAny>,
 }
 
 pub fn classes(py: Python<'_>) -> PyResult<&Classes> {
@@ -56,6 +57,10 @@ pub fn classes(py: Python<'_>) -> PyResult<&Classes> {
             parse_betfair_time: py
                 .import("operators.market_book")?
                 .getattr("parse_betfair_time")?
+                .unbind(),
+            betfair_time_ms: py
+                .import("operators.market_book")?
+                .getattr("betfair_time_ms")?
                 .unbind(),
         })
     })
@@ -108,6 +113,16 @@ pub fn parse_betfair_time<'py>(py: Python<'py>, value: JsonRef<'_>) -> PyResult<
         .parse_betfair_time
         .bind(py)
         .call1((value.to_py(py)?,))
+}
+
+/// `betfair_time_ms(value)` of `operators.market_book`, called as is (ISO parsing and time
+/// zones are Python's; definitions are rare): `None` where it gives None.
+pub fn betfair_time_ms(py: Python<'_>, value: JsonRef<'_>) -> PyResult<Option<i64>> {
+    classes(py)?
+        .betfair_time_ms
+        .bind(py)
+        .call1((value.to_py(py)?,))?
+        .extract()
 }
 
 /// A UTC time as `datetime.fromtimestamp(ms / 1000, UTC)` gives it, field by field.

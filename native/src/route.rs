@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
 
@@ -14,6 +14,10 @@ use crate::records::{classes, new_record};
 use crate::small_string::SmallString;
 
 const CONTROL_OPS: [&str; 3] = ["connection", "status", "heartbeat"];
+/// `MIN_PUBLISH_TIME_MS` / `MAX_PUBLISH_TIME_MS` of `operators.stream_messages`: publish
+/// times a day inside `datetime`'s range (0001-01-02 up to 9999-12-31, exclusive).
+const MIN_PUBLISH_TIME_MS: i128 = -62_135_510_400_000;
+const MAX_PUBLISH_TIME_MS: i128 = 253_402_214_400_000;
 
 /// One `mc` element with the header of the line it came in.
 pub struct ChangeItem {
@@ -153,12 +157,6 @@ fn read_message(message: JsonRef<'_>) -> PyResult<Parsed> {
             Node::Str(_) if CONTROL_OPS.contains(&op.as_str().unwrap_or_default()) => {
                 return Ok(Parsed::Skip)
             }
-            Node::Array { .. } | Node::Object { .. } => {
-                return Err(PyTypeError::new_err(format!(
-                    "unhashable type: '{}'",
-                    op.python_type_name()
-                )))
-            }
             _ => return Ok(Parsed::Bad("unknown_op")),
         }
     } else {
@@ -169,6 +167,9 @@ fn read_message(message: JsonRef<'_>) -> PyResult<Parsed> {
         Some(Node::Num(Num::UInt(pt))) => *pt as i128,
         _ => return Ok(Parsed::Bad("missing_publish_time")),
     };
+    if !(MIN_PUBLISH_TIME_MS..MAX_PUBLISH_TIME_MS).contains(&publish_time_ms) {
+        return Ok(Parsed::Bad("publish_time_out_of_range"));
+    }
     let heartbeat = message.get("ct").and_then(JsonRef::as_str) == Some("HEARTBEAT");
     let market_changes = match message.get("mc") {
         None => return Ok(Parsed::Skip),

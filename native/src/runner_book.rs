@@ -463,6 +463,7 @@ fn top_three<'a>(mut levels: impl Iterator<Item = &'a (Num, Num)>) -> Wide {
 }
 
 /// Apply `[price, size]` levels to a full ladder: (invalid entries, size added, size pulled).
+/// A level with a size needs a positive price (`[0, 0]` removes nothing).
 fn apply_full(
     ladder: &mut Ladder,
     entries: JsonRef<'_>,
@@ -481,6 +482,11 @@ fn apply_full(
             invalid += 1;
             continue;
         };
+        if size.is_nonzero() && !price.is_nonzero() {
+            // A level at price 0 could become the best price, which is divided by.
+            invalid += 1;
+            continue;
+        }
         let old = match (size.is_nonzero(), ladder.search(price)) {
             (true, Ok(index)) => std::mem::replace(&mut ladder.levels[index].1, size),
             (true, Err(index)) => {
@@ -533,7 +539,8 @@ fn apply_levels(top: Option<&mut Option<(Num, Num)>>, entries: JsonRef<'_>) -> u
 }
 
 /// A valid `[level, price, size]` entry as (level is 0, price, size); the level passes
-/// Python's `isinstance(level, int)`, so a bool is a level too.
+/// Python's `isinstance(level, int)`, so a bool is a level too. A level with a size needs a
+/// positive price (level 0 gives the best price, which is divided by).
 fn level_entry(entry: JsonRef<'_>) -> Option<(bool, Num, Num)> {
     let mut items = entry.as_list().filter(|items| items.len() == 3)?;
     let level_is_zero = match items.next()?.node() {
@@ -544,6 +551,9 @@ fn level_entry(entry: JsonRef<'_>) -> Option<(bool, Num, Num)> {
     };
     let price = valid_number(items.next()?)?;
     let size = valid_number(items.next()?)?;
+    if size.is_nonzero() && !price.is_nonzero() {
+        return None;
+    }
     Some((level_is_zero, price, size))
 }
 
