@@ -257,11 +257,20 @@ class _Encoded:
     def data(self) -> bytes:
         return b"".join(table.data for table in self.tables)
 
-    def time_range(self) -> tuple[datetime, datetime] | None:
-        ranges = [r for table in self.tables if (r := table.time_range()) is not None]
-        if not ranges:
-            return None
-        return min(low for low, _ in ranges), max(high for _, high in ranges)
+    def months(self, index: int) -> set[tuple[int, int]]:
+        """Months of the partition column, step by step: one market's step spans seconds to
+        minutes, while a whole batch may mix recordings years apart."""
+        months: set[tuple[int, int]] = set()
+        for table in self.tables:
+            bounds = table.time_range()
+            if bounds is None:
+                continue
+            low, high = bounds
+            if high.year * 12 + high.month - (low.year * 12 + low.month) <= 1:
+                months |= {(low.year, low.month), (high.year, high.month)}
+            else:
+                months |= _months(table.records(), index)
+        return months
 
 
 def _batch_groups(batch: RecordBatch, specs: Sequence[TableSpec]) -> list[tuple[TableSpec, Any]]:
@@ -734,13 +743,7 @@ def _is_bad_data(error: BaseException) -> bool:
 def _months(rows: Sequence | _Encoded, index: int) -> set[tuple[int, int]]:
     """UTC (year, month) of the partition column; naive times are taken as UTC."""
     if isinstance(rows, _Encoded):
-        bounds = rows.time_range()
-        if bounds is None:
-            return set()
-        low, high = bounds
-        if high.year * 12 + high.month - (low.year * 12 + low.month) <= 1:
-            return {(low.year, low.month), (high.year, high.month)}
-        rows = rows.records()
+        return rows.months(index)
     getter = itemgetter(index)
     try:
         low, high = min(map(getter, rows)), max(map(getter, rows))
