@@ -263,13 +263,8 @@ class _Encoded:
         months: set[tuple[int, int]] = set()
         for table in self.tables:
             bounds = table.time_range()
-            if bounds is None:
-                continue
-            low, high = bounds
-            if high.year * 12 + high.month - (low.year * 12 + low.month) <= 1:
-                months |= {(low.year, low.month), (high.year, high.month)}
-            else:
-                months |= _months(table.records(), index)
+            if bounds is not None:
+                months |= _end_months(*bounds) or _months(table.records(), index)
         return months
 
 
@@ -666,9 +661,7 @@ class ConcurrentPostgresWriter:
     def write(self, batch: RecordBatch) -> dict[str, int]:
         """Write one batch; rows written per table, plus `rejected` (as `PostgresWriter`)."""
         ticks, rest = self.writers
-        if not any(spec.table in TICK_TABLES for spec, _ in _batch_groups(batch, ticks.specs)):
-            return rest.write(batch)
-        pending = self._pool.submit(ticks.write, batch)
+        pending = self._pool.submit(ticks.write, batch)  # {} at once when it has no ticks
         try:
             counts = Counter(rest.write(batch))
         finally:
@@ -740,6 +733,14 @@ def _is_bad_data(error: BaseException) -> bool:
     return isinstance(error, (TypeError, ValueError))
 
 
+def _end_months(low: datetime, high: datetime) -> set[tuple[int, int]] | None:
+    """The months of `low` and `high` when no month lies between them (so the rows' months
+    are exactly these); None when the rows must be looked at one by one."""
+    if high.year * 12 + high.month - (low.year * 12 + low.month) <= 1:
+        return {(low.year, low.month), (high.year, high.month)}
+    return None
+
+
 def _months(rows: Sequence | _Encoded, index: int) -> set[tuple[int, int]]:
     """UTC (year, month) of the partition column; naive times are taken as UTC."""
     if isinstance(rows, _Encoded):
@@ -747,11 +748,9 @@ def _months(rows: Sequence | _Encoded, index: int) -> set[tuple[int, int]]:
     getter = itemgetter(index)
     try:
         low, high = min(map(getter, rows)), max(map(getter, rows))
-        low, high = _utc(low), _utc(high)
-        if high.year * 12 + high.month - (low.year * 12 + low.month) <= 1:
-            # The first and the last month have rows, and there is nothing in between.
-            return {(low.year, low.month), (high.year, high.month)}
-        return {(t.year, t.month) for t in map(_utc, map(getter, rows))}
+        return _end_months(_utc(low), _utc(high)) or {
+            (t.year, t.month) for t in map(_utc, map(getter, rows))
+        }
     except (TypeError, ValueError, AttributeError, IndexError):
         # Bad rows (no or non-datetime time) are rejected later; partition for the rest.
         months = set()

@@ -65,7 +65,7 @@ class SinkBatch:
     copy_rows: list = field(default_factory=list)
     """More runner ticks, market ticks and windows, already encoded for PostgreSQL's binary
     COPY by the native processor (`velo_native.CopyRows`, one per processing step): the flow
-    never turns them into Python records unless a consumer asks (`runner_tick_records`…)."""
+    never turns them into Python records unless a consumer asks (`records`)."""
     market_ids: set[str] = field(default_factory=set)
     """Markets that processed at least one message in this batch."""
     lines: int = 0
@@ -88,14 +88,10 @@ class SinkBatch:
         self.lines += other.lines
         self.messages += other.messages
 
-    def runner_tick_records(self) -> list[RunnerTick]:
-        return self.runner_ticks + [
-            r for rows in self.copy_rows for r in rows.runner_ticks.records()
-        ]
-
-    def market_tick_records(self) -> list[MarketTick]:
-        return self.market_ticks + [
-            r for rows in self.copy_rows for r in rows.market_ticks.records()
+    def records(self, kind: str) -> list:
+        """Records of one kind (`runner_ticks`, `market_ticks`, `windows`), encoded ones made."""
+        return getattr(self, kind) + [
+            r for rows in self.copy_rows for r in getattr(rows, kind).records()
         ]
 
     def count(self, kind: str) -> int:

@@ -107,8 +107,8 @@ class RaceScoringState:
             (time, 0, statuses)
             for time, statuses in definition_statuses(batch.markets, batch.runners)
         ]
-        events.extend((tick.publish_time, 1, tick) for tick in batch.market_tick_records())
-        events.extend((tick.publish_time, 2, tick) for tick in batch.runner_tick_records())
+        events.extend((tick.publish_time, 1, tick) for tick in batch.records("market_ticks"))
+        events.extend((tick.publish_time, 2, tick) for tick in batch.records("runner_ticks"))
         events.sort(key=itemgetter(0, 1))
         for time, _, event in events:
             if self.group_time is None or time > self.group_time:
