@@ -689,7 +689,7 @@ class RawLineListener(BaseListener):
         max_latency_s: float,
         latency_log_interval_s: float,
         on_tick: Callable[[], None] = lambda: None,
-        on_position: Callable[[StreamPosition], None] = lambda position: None,
+        on_position: Callable[[StreamPosition], None] | None = None,
     ) -> None:
         super().__init__(max_latency=max_latency_s)
         self.forward = forward
@@ -799,7 +799,7 @@ class RawLineListener(BaseListener):
             self._initial_clk = message["initialClk"]
         if message.get("clk"):
             self._clk = message["clk"]
-        if self._initial_clk and self._clk:
+        if self.on_position is not None and self._initial_clk and self._clk:
             self.on_position(StreamPosition(self._initial_clk, self._clk, int(time.time() * 1000)))
 
 
@@ -897,7 +897,7 @@ class Scout:
             max_latency_s=options.max_latency_s,
             latency_log_interval_s=options.latency_log_interval_s,
             on_tick=self._tick,
-            on_position=sink.ledger.checkpoint if state is not None else lambda position: None,
+            on_position=sink.ledger.checkpoint if state is not None else None,
         )
         sink.on_failure = self._request_resync
         self._ssl_context = endpoints.ssl_context()
@@ -944,7 +944,6 @@ class Scout:
             self._save_state(self.sink.ledger.safe)
         if self.recorder is not None:
             self.recorder.maybe_flush()
-        now = time.monotonic()
         if now - self._last_metrics_log >= self.options.metrics_interval_s:
             self._last_metrics_log = now
             log.info("scout metrics %s", orjson.dumps(self.metrics.as_dict()).decode())

@@ -33,6 +33,7 @@ import heapq
 import http.server
 import ipaddress
 import itertools
+import os
 import secrets
 import ssl
 import threading
@@ -48,6 +49,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from connectors.settings import Settings
 
 CRLF = b"\r\n"
 
@@ -1096,6 +1099,31 @@ class BetfairApiServer:
     @property
     def api_url(self) -> str:
         return f"https://localhost:{self.port}/exchange/"
+
+    def settings(self) -> Settings:
+        """Settings of a client that logs in here with this server's credentials (certlogin)."""
+        return Settings(
+            betfair_username=self.username,
+            betfair_password=self.password,
+            betfair_app_key=self.app_key,
+            betfair_certs_dir=self.tls.certs_dir,
+            betfair_identity_url=self.identity_url,
+            betfair_api_url=self.api_url,
+            betfair_ca_file=self.tls.ca_file,
+        )
+
+    def client_env(self) -> dict[str, str]:
+        """`settings()` as the environment of a `velo` subprocess (on top of `os.environ`)."""
+        return {
+            **os.environ,
+            "BETFAIR_USERNAME": self.username,
+            "BETFAIR_PASSWORD": self.password,
+            "BETFAIR_APP_KEY": self.app_key,
+            "BETFAIR_CERTS_DIR": str(self.tls.certs_dir),
+            "BETFAIR_IDENTITY_URL": self.identity_url,
+            "BETFAIR_API_URL": self.api_url,
+            "BETFAIR_CA_FILE": str(self.tls.ca_file),
+        }
 
     def start(self) -> BetfairApiServer:
         api = self

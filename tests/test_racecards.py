@@ -13,7 +13,6 @@ definitions.
 from __future__ import annotations
 
 import copy
-import os
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 import orjson
 import pytest
+from betfairlightweight import APIClient
 from confluent_kafka import Consumer
 
 from connectors.betfair_catalogue import (
@@ -37,7 +37,6 @@ from connectors.betfair_catalogue import (
     result_from_market_book,
 )
 from connectors.betfair_live import BetfairEndpoints, SubscriptionSpec, make_api_client
-from connectors.settings import Settings
 from operators.racing_events import (
     EventValidationError,
     FinishStatus,
@@ -181,6 +180,24 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60
     return messages
 
 
+def api_client(api: BetfairApiServer) -> APIClient:
+    """A betting API client logged in (certlogin) against `api`."""
+    settings = api.settings()
+    return make_api_client(settings, BetfairEndpoints.from_settings(settings))
+
+
+def racecards_env(
+    api: BetfairApiServer, bootstrap: str, topic: str, dead_letters: str
+) -> dict[str, str]:
+    """Environment of a `velo racecards` subprocess against `api` and the services Kafka."""
+    return {
+        **api.client_env(),
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "VELO_TOPIC_RACECARDS": topic,
+        "VELO_TOPIC_DEAD_LETTERS": dead_letters,
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # mapping (no services)
 # --------------------------------------------------------------------------------------------
@@ -292,19 +309,7 @@ def test_velo_racecards_publishes_cards_and_dead_letters(
     kafka_topic: Callable[..., str],
 ) -> None:
     topic, dead_letters = kafka_topic(partitions=2), kafka_topic(partitions=1)
-    env = {
-        **os.environ,
-        "BETFAIR_USERNAME": USERNAME,
-        "BETFAIR_PASSWORD": PASSWORD,
-        "BETFAIR_APP_KEY": APP_KEY,
-        "BETFAIR_CERTS_DIR": str(tls.certs_dir),
-        "BETFAIR_IDENTITY_URL": api.identity_url,
-        "BETFAIR_API_URL": api.api_url,
-        "BETFAIR_CA_FILE": str(tls.ca_file),
-        "KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "VELO_TOPIC_RACECARDS": topic,
-        "VELO_TOPIC_DEAD_LETTERS": dead_letters,
-    }
+    env = racecards_env(api, kafka_bootstrap, topic, dead_letters)
     command = [sys.executable, "-m", "cli.main", "racecards", "--once", "--hours-ahead", "0"]
     command += ["--event-type-ids", "7,4339"]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -340,16 +345,7 @@ def test_poller_republishes_only_changes_and_keeps_withdrawn_runners(
     kafka_topic: Callable[..., str],
 ) -> None:
     topic, dead_letters = kafka_topic(partitions=1), kafka_topic(partitions=1)
-    settings = Settings(
-        betfair_username=USERNAME,
-        betfair_password=PASSWORD,
-        betfair_app_key=APP_KEY,
-        betfair_certs_dir=tls.certs_dir,
-        betfair_identity_url=api.identity_url,
-        betfair_api_url=api.api_url,
-        betfair_ca_file=tls.ca_file,
-    )
-    client = make_api_client(settings, BetfairEndpoints.from_settings(settings))
+    client = api_client(api)
     sink = RacecardSink(kafka_bootstrap, topic, dead_letters)
     spec = SubscriptionSpec(market_ids=("1.900000001",))
     poller = CataloguePoller(client, spec, sink, use_certs=True, hours_ahead=0)
@@ -456,18 +452,6 @@ def test_bad_settled_books_give_a_reason(
 # --------------------------------------------------------------------------------------------
 
 
-def _settings(tls: TlsMaterial, api: BetfairApiServer) -> Settings:
-    return Settings(
-        betfair_username=USERNAME,
-        betfair_password=PASSWORD,
-        betfair_app_key=APP_KEY,
-        betfair_certs_dir=tls.certs_dir,
-        betfair_identity_url=api.identity_url,
-        betfair_api_url=api.api_url,
-        betfair_ca_file=tls.ca_file,
-    )
-
-
 def _book_requests(api: BetfairApiServer) -> list[list[str]]:
     return [
         params["marketIds"]
@@ -506,19 +490,7 @@ def test_velo_racecards_publishes_each_settled_result_once(
         catalogues=catalogues,
         market_books=open_books,
     ) as api:
-        env = {
-            **os.environ,
-            "BETFAIR_USERNAME": USERNAME,
-            "BETFAIR_PASSWORD": PASSWORD,
-            "BETFAIR_APP_KEY": APP_KEY,
-            "BETFAIR_CERTS_DIR": str(tls.certs_dir),
-            "BETFAIR_IDENTITY_URL": api.identity_url,
-            "BETFAIR_API_URL": api.api_url,
-            "BETFAIR_CA_FILE": str(tls.ca_file),
-            "KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "VELO_TOPIC_RACECARDS": topic,
-            "VELO_TOPIC_DEAD_LETTERS": dead_letters,
-        }
+        env = racecards_env(api, kafka_bootstrap, topic, dead_letters)
         command = [sys.executable, "-m", "cli.main", "racecards", "--interval", "0.2"]
         command += ["--hours-ahead", "0", "--event-type-ids", "7,4339", "--countries", ""]
         command += ["--market-types", ""]
@@ -601,9 +573,7 @@ def test_poller_settles_markets_left_out_of_a_mixed_answer(
         catalogues=catalogues,
         market_books={m: greyhound.open_book | {"marketId": m} for m in ids},
     ) as api:
-        client = make_api_client(
-            _settings(tls, api), BetfairEndpoints.from_settings(_settings(tls, api))
-        )
+        client = api_client(api)
         topic, dead_letters = kafka_topic(partitions=2), kafka_topic(partitions=1)
         sink = RacecardSink(kafka_bootstrap, topic, dead_letters)
         spec = SubscriptionSpec(event_type_ids=("4339",), country_codes=(), market_types=())
@@ -649,9 +619,7 @@ def test_poller_gives_up_on_markets_betfair_never_settles(
         catalogues=[greyhound.catalogue],
         market_books={},  # listMarketBook does not know it (e.g. purged after 90 days)
     ) as api:
-        client = make_api_client(
-            _settings(tls, api), BetfairEndpoints.from_settings(_settings(tls, api))
-        )
+        client = api_client(api)
         sink = RacecardSink(kafka_bootstrap, kafka_topic(partitions=1), kafka_topic(partitions=1))
         spec = SubscriptionSpec(event_type_ids=("4339",), market_ids=(greyhound.market_id,))
         poller = CataloguePoller(

@@ -9,7 +9,6 @@ restart from the state file.
 from __future__ import annotations
 
 import gzip
-import os
 import signal
 import subprocess
 import sys
@@ -39,7 +38,6 @@ from connectors.betfair_live import (
     split_by_market,
     subscription_key,
 )
-from connectors.settings import Settings
 from operators.market_book import MarketBook
 from operators.stream_messages import parse_line
 from tests.betfair_stream_server import (
@@ -91,23 +89,15 @@ def scout_env(
     dead_letters: str,
     **overrides: str,
 ) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "BETFAIR_USERNAME": USERNAME,
-        "BETFAIR_PASSWORD": PASSWORD,
-        "BETFAIR_APP_KEY": APP_KEY,
-        "BETFAIR_CERTS_DIR": str(tls.certs_dir),
-        "BETFAIR_IDENTITY_URL": api.identity_url,
-        "BETFAIR_API_URL": api.api_url,
+    return {
+        **api.client_env(),
         "BETFAIR_STREAM_HOST": "localhost",
         "BETFAIR_STREAM_PORT": str(stream_port),
-        "BETFAIR_CA_FILE": str(tls.ca_file),
         "KAFKA_BOOTSTRAP": bootstrap,
         "VELO_TOPIC_MCM": topic,
         "VELO_TOPIC_DEAD_LETTERS": dead_letters,
+        **overrides,
     }
-    env.update(overrides)
-    return env
 
 
 def start_scout(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -195,18 +185,6 @@ def final_books(lines: list[bytes]) -> dict[str, list[dict[str, Any]]]:
         market_id: [runner.snapshot(market_id) for runner in book.runners.values()]
         for market_id, book in books.items()
     }
-
-
-def scout_settings(tls: TlsMaterial, api: BetfairApiServer) -> Settings:
-    return Settings(
-        betfair_username=USERNAME,
-        betfair_password=PASSWORD,
-        betfair_app_key=APP_KEY,
-        betfair_certs_dir=tls.certs_dir,
-        betfair_identity_url=api.identity_url,
-        betfair_api_url=api.api_url,
-        betfair_ca_file=tls.ca_file,
-    )
 
 
 def expected_changes(betfair_dir: Path, *names: str) -> dict[str, list[dict[str, Any]]]:
@@ -408,12 +386,7 @@ def test_scout_forwards_every_line_once_in_order_through_drops(
     assert "HEARTBEAT" not in change_types
 
     # The drops really happened, and each resubscription carried the tokens of the last line.
-    subscriptions = [
-        request
-        for connection in server.connections
-        for request in connection.requests
-        if request.get("op") == "marketSubscription"
-    ]
+    subscriptions = subscriptions_of(server)
     assert len(subscriptions) == 3
     assert "clk" not in subscriptions[0] or subscriptions[0]["clk"] is None
     assert all(s["initialClk"] == feed.initial_clk and s["clk"] for s in subscriptions[1:])
@@ -555,7 +528,7 @@ def test_lost_deliveries_trigger_a_fresh_image(
     betfair_dir: Path, tls: TlsMaterial, api: BetfairApiServer
 ) -> None:
     """A line Kafka never took cannot be resent: the scout resubscribes without tokens."""
-    settings = scout_settings(tls, api)
+    settings = api.settings()
     metrics = ScoutMetrics()
     # Nothing listens on port 1: librdkafka gives up on each line after the delivery timeout.
     sink = KafkaMcmSink("127.0.0.1:1", "unused", "unused", metrics, delivery_timeout_ms=1500)
@@ -586,12 +559,7 @@ def test_lost_deliveries_trigger_a_fresh_image(
             runner.join(30)
     assert not runner.is_alive()
     assert metrics.delivery_failures > 0
-    subscriptions = [
-        request
-        for connection in server.connections
-        for request in connection.requests
-        if request.get("op") == "marketSubscription"
-    ]
+    subscriptions = subscriptions_of(server)
     assert len(subscriptions) >= 2
     assert subscriptions[1].get("clk") is None and subscriptions[1].get("initialClk") is None
     assert metrics.sub_images >= 2  # the fresh image arrived
@@ -792,7 +760,7 @@ def test_rejected_saved_tokens_fall_back_to_a_fresh_image(
         state = ScoutStateFile(tmp_path / "state.json", subscription_key(spec, endpoints, topic))
         state.save(StreamPosition("from-another-stream", "AAAAAAAB", int(time.time() * 1000)))
         scout = Scout(
-            make_api_client(scout_settings(tls, api), endpoints),
+            make_api_client(api.settings(), endpoints),
             spec,
             endpoints,
             sink,
