@@ -55,20 +55,6 @@ fn option_num<'py>(py: Python<'py>, value: Option<Num>) -> PyResult<Bound<'py, P
     }
 }
 
-fn option_float<'py>(py: Python<'py>, value: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
-    match value {
-        Some(number) => Ok(number.into_pyobject(py)?.into_any()),
-        None => Ok(py.None().into_bound(py)),
-    }
-}
-
-fn option_int<'py>(py: Python<'py>, value: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
-    match value {
-        Some(number) => Ok(number.into_pyobject(py)?.into_any()),
-        None => Ok(py.None().into_bound(py)),
-    }
-}
-
 /// The last market id converted, reused while rows repeat it (one market per batch).
 struct MarketIdCache<'py> {
     last: Option<(Arc<str>, Bound<'py, PyAny>)>,
@@ -115,13 +101,13 @@ pub fn append_runner_ticks(
                 option_num(py, v.lay_size)?,
                 option_num(py, v.ltp)?,
                 v.volume.into_pyobject(py)?.into_any(),
-                option_int(py, v.spread)?,
-                option_float(py, v.wom.map(|wom| wom.value))?,
-                option_float(py, v.implied)?,
-                option_float(py, v.vwap)?,
+                v.spread.into_pyobject(py)?,
+                v.wom.map(|wom| wom.value).into_pyobject(py)?,
+                v.implied.into_pyobject(py)?,
+                v.vwap.into_pyobject(py)?,
                 option_num(py, v.spn)?,
                 option_num(py, v.spf)?,
-                option_float(py, row.seconds_to_off)?,
+                row.seconds_to_off.into_pyobject(py)?,
             ],
         )?)?;
     }
@@ -149,10 +135,10 @@ pub fn append_market_ticks(
                 statuses.get(py, &v.status)?,
                 v.in_play.into_pyobject(py)?.to_owned().into_any(),
                 v.total_matched.to_py(py)?,
-                option_float(py, v.back_overround)?,
-                option_float(py, v.lay_overround)?,
+                v.back_overround.into_pyobject(py)?,
+                v.lay_overround.into_pyobject(py)?,
                 v.active_runners.into_pyobject(py)?.into_any(),
-                option_float(py, row.seconds_to_off)?,
+                row.seconds_to_off.into_pyobject(py)?,
             ],
         )?)?;
     }
@@ -187,14 +173,14 @@ pub fn append_windows(
                     option_num(py, acc.high)?,
                     option_num(py, acc.low)?,
                     option_num(py, acc.close)?,
-                    option_int(py, acc.price_move_ticks())?,
+                    acc.price_move_ticks().into_pyobject(py)?,
                     acc.traded.into_pyobject(py)?.into_any(),
                     acc.back_added.into_pyobject(py)?.into_any(),
                     acc.back_removed.into_pyobject(py)?.into_any(),
                     acc.lay_added.into_pyobject(py)?.into_any(),
                     acc.lay_removed.into_pyobject(py)?.into_any(),
-                    option_float(py, acc.wom_open)?,
-                    option_float(py, acc.wom_close)?,
+                    acc.wom_open.into_pyobject(py)?,
+                    acc.wom_close.into_pyobject(py)?,
                 ],
             )?)?;
         }
@@ -368,28 +354,26 @@ fn encode_window(
     out: &mut Vec<u8>,
 ) -> Result<(), Unencodable> {
     let window = &rows.window;
-    {
-        let mut tuple = Tuple::begin(out, 19);
-        tuple.text(&rows.market_id);
-        tuple.int8_json(&acc.selection_id)?;
-        tuple.float8(acc.handicap);
-        tuple.int4(window.seconds)?;
-        tuple.timestamptz(window.start);
-        tuple.timestamptz(window.end);
-        tuple.int4(acc.updates)?;
-        tuple.option_num(acc.open);
-        tuple.option_num(acc.high);
-        tuple.option_num(acc.low);
-        tuple.option_num(acc.close);
-        tuple.option_int4(acc.price_move_ticks())?;
-        tuple.float8(acc.traded);
-        tuple.float8(acc.back_added);
-        tuple.float8(acc.back_removed);
-        tuple.float8(acc.lay_added);
-        tuple.float8(acc.lay_removed);
-        tuple.option_float8(acc.wom_open);
-        tuple.option_float8(acc.wom_close);
-    }
+    let mut tuple = Tuple::begin(out, 19);
+    tuple.text(&rows.market_id);
+    tuple.int8_json(&acc.selection_id)?;
+    tuple.float8(acc.handicap);
+    tuple.int4(window.seconds)?;
+    tuple.timestamptz(window.start);
+    tuple.timestamptz(window.end);
+    tuple.int4(acc.updates)?;
+    tuple.option_num(acc.open);
+    tuple.option_num(acc.high);
+    tuple.option_num(acc.low);
+    tuple.option_num(acc.close);
+    tuple.option_int4(acc.price_move_ticks())?;
+    tuple.float8(acc.traded);
+    tuple.float8(acc.back_added);
+    tuple.float8(acc.back_removed);
+    tuple.float8(acc.lay_added);
+    tuple.float8(acc.lay_removed);
+    tuple.option_float8(acc.wom_open);
+    tuple.option_float8(acc.wom_close);
     Ok(())
 }
 

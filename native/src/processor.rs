@@ -84,11 +84,14 @@ struct SinkLists {
     dead_letters: Py<PyList>,
 }
 
+/// One of a `SinkBatch`'s record lists.
+fn batch_list<'py>(batch: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'py, PyList>> {
+    Ok(batch.getattr(name)?.cast_into::<PyList>()?)
+}
+
 impl SinkLists {
     fn of(batch: &Bound<'_, PyAny>) -> PyResult<SinkLists> {
-        let list = |name: &str| -> PyResult<Py<PyList>> {
-            Ok(batch.getattr(name)?.cast_into::<PyList>()?.unbind())
-        };
+        let list = |name: &str| batch_list(batch, name).map(Bound::unbind);
         Ok(SinkLists {
             markets: list("markets")?,
             runners: list("runners")?,
@@ -411,9 +414,7 @@ impl Rows {
                 window,
             })
             .partition(|rows| rows.window.persisted);
-        let list = |name: &str| -> PyResult<Bound<'_, PyList>> {
-            Ok(batch.getattr(name)?.cast_into::<PyList>()?)
-        };
+        let list = |name: &str| batch_list(batch, name);
         match copy_rows {
             Some(copy_rows) => {
                 let mut copy_rows = copy_rows.try_borrow_mut()?;
@@ -560,8 +561,7 @@ impl NativeMarketProcessor {
         let mut rows = Rows::default();
         self.state.windows.flush(&mut rows.windows)?;
         rows.hand_over(py, &self.state, &out, copy_rows)?;
-        self.state
-            .snapshots(py, &out.getattr("snapshots")?.cast_into::<PyList>()?)?;
+        self.state.snapshots(py, &batch_list(&out, "snapshots")?)?;
         Ok(out)
     }
 

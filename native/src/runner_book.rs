@@ -24,6 +24,19 @@ impl Ladder {
         self.levels
             .binary_search_by(|(level, _)| level.py_cmp(price))
     }
+
+    /// `ladder[price] = size`, or `del` for a zero size; returns the old size (0.0 if none).
+    fn set(&mut self, price: Num, size: Num) -> Num {
+        match (size.is_nonzero(), self.search(price)) {
+            (true, Ok(index)) => std::mem::replace(&mut self.levels[index].1, size),
+            (true, Err(index)) => {
+                self.levels.insert(index, (price, size));
+                Num::Float(0.0)
+            }
+            (false, Ok(index)) => self.levels.remove(index).1,
+            (false, Err(_)) => Num::Float(0.0),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -329,19 +342,7 @@ impl RunnerBook {
                 invalid += 1;
                 continue;
             };
-            let found = self.trd.search(price);
-            let old = match found {
-                Ok(index) => self.trd.levels[index].1,
-                Err(_) => Num::Float(0.0),
-            };
-            match (size.is_nonzero(), found) {
-                (true, Ok(index)) => self.trd.levels[index].1 = size,
-                (true, Err(index)) => self.trd.levels.insert(index, (price, size)),
-                (false, Ok(index)) => {
-                    self.trd.levels.remove(index);
-                }
-                (false, Err(_)) => {}
-            }
+            let old = self.trd.set(price, size);
             let change = size.wide().sub(old.wide());
             self.trd_volume += change.to_f64();
             self.trd_notional += change.mul_to_f64(price.wide());
@@ -487,15 +488,8 @@ fn apply_full(
             invalid += 1;
             continue;
         }
-        let old = match (size.is_nonzero(), ladder.search(price)) {
-            (true, Ok(index)) => std::mem::replace(&mut ladder.levels[index].1, size),
-            (true, Err(index)) => {
-                ladder.levels.insert(index, (price, size));
-                Num::Float(0.0)
-            }
-            (false, Ok(index)) => ladder.levels.remove(index).1,
-            (false, Err(_)) => continue,
-        };
+        // Removing an absent level changes nothing (a zero change: skipped below).
+        let old = ladder.set(price, size);
         let change = size.wide().sub(old.wide());
         if change.is_positive() {
             added += change.to_f64();
