@@ -57,13 +57,18 @@ route_lines = SELECTED.route_lines
 new_market_processor = SELECTED.new_market_processor
 
 
-def process_step(processor: Any, values: list, out: SinkBatch | None = None) -> SinkBatch:
+def _copy_mode(processor: Any) -> bool:
+    """Whether `processor` is native and can put its frequent rows into `CopyRows`."""
+    return velo_native is not None and isinstance(processor, velo_native.MarketProcessor)
+
+
+def process_step(processor: Any, values: list) -> SinkBatch:
     """One flow step of one market: every routed value in order, into one `SinkBatch`.
 
     The native processor runs in COPY mode here: its ticks and windows stay encoded in
     `out.copy_rows` until the sink sends them (records only if a consumer asks)."""
-    out = out if out is not None else SinkBatch()
-    if CopyRows is not None and isinstance(processor, velo_native.MarketProcessor):
+    out = SinkBatch()
+    if _copy_mode(processor):
         rows = CopyRows()
         for changes in values:
             processor.process(changes, out, rows)
@@ -79,12 +84,12 @@ def process_step(processor: Any, values: list, out: SinkBatch | None = None) -> 
 def finish_step(processor: Any) -> SinkBatch:
     """End of stream for one market: its open windows and final runner snapshots."""
     out = SinkBatch()
-    if CopyRows is not None and isinstance(processor, velo_native.MarketProcessor):
-        rows = CopyRows()
-        processor.finish(out, rows)
-        out.copy_rows.append(rows)
-        return out
-    return processor.finish(out)
+    if not _copy_mode(processor):
+        return processor.finish(out)
+    rows = CopyRows()
+    processor.finish(out, rows)
+    out.copy_rows.append(rows)
+    return out
 
 
 def market_id_of(changes: Any) -> str:
