@@ -7,6 +7,12 @@ Runs in one process, one after another, on the same decompressed PRO horse-racin
 4. our dataflow: parse → market state → windows → PostgreSQL sink (embedded server).
 Prints lines/s for each and our ratios against the issue's goals.
 
+Then it splits our cost in two, measured in core-seconds of the whole machine (PostgreSQL's
+backends included, see `bench.cpu`): the same dataflow with a sink that drops its batches, and
+the database writes of those batches alone. Their sum over this machine's cores is the fastest
+the full dataflow could run here even if both halves overlapped perfectly; it is printed as a
+ceiling next to the goals.
+
     make bench            # installs flumine into the venv, then runs this
     python -m bench.replay [--repeat N] [FILES...]
 """
@@ -22,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+
+from bench.cpu import CpuMeter, cores_online
 
 SHARED_BETFAIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "betfair"
 PRO_HORSE_RACING = [
@@ -89,6 +97,44 @@ def run_flumine(paths: list[Path]) -> None:
     framework.run()
 
 
+class _KeepingWriter:
+    """A sink writer that stores nothing: keeps the batches (to write them alone later) or
+    drops them (to time the dataflow without a database)."""
+
+    def __init__(self, kept: list | None) -> None:
+        self._kept = kept
+
+    def write(self, batch) -> dict[str, int]:
+        if self._kept is not None:
+            self._kept.append(batch)
+        return {}
+
+    def close(self) -> None:
+        return None
+
+
+def run_dataflow_without_database(paths: list[Path], kept: list | None = None) -> None:
+    from bytewax.run import cli_main
+
+    from cli.runtime import tune_gc_for_streaming
+    from connectors.bytewax_io import StreamFileSource
+    from flows.market import build_market_flow
+
+    tune_gc_for_streaming()
+    flow = build_market_flow(
+        StreamFileSource(paths), lambda: _KeepingWriter(kept), overlap_writes=True
+    )
+    cli_main(flow, workers_per_process=1)
+
+
+def write_batches_alone(batches: list, database_url: str) -> None:
+    from connectors.postgres_sink import ConcurrentPostgresWriter
+
+    with ConcurrentPostgresWriter(database_url, ensure_schema=False) as writer:
+        for batch in batches:
+            writer.write(batch)
+
+
 def run_dataflow(paths: list[Path], database_url: str) -> None:
     from cli.replay import replay
     from cli.runtime import tune_gc_for_streaming
@@ -99,21 +145,27 @@ def run_dataflow(paths: list[Path], database_url: str) -> None:
         raise RuntimeError("the dataflow processed nothing")
 
 
-def stopwatch(work: Callable[[], None]) -> Callable[[], float]:
-    def run() -> float:
-        started = time.perf_counter()
-        work()
-        return time.perf_counter() - started
-
-    return run
+def window(work: Callable[[], None]) -> tuple[float, float]:
+    """`time.perf_counter()` before and after `work`."""
+    started = time.perf_counter()
+    work()
+    return started, time.perf_counter()
 
 
-def timed(label: str, lines: int, run: Callable[[], float], repeat: int) -> float:
-    """Best of `repeat` calls of `run`, which returns the seconds it measured."""
-    best = min(run() for _ in range(repeat))
+def timed(label: str, lines: int, run: Callable[[], tuple[float, float]], repeat: int) -> float:
+    """Best of `repeat` calls of `run`, which returns the window it measured."""
+    best = min(end - start for start, end in (run() for _ in range(repeat)))
     rate = lines / best
     print(f"{label:<42} {best:8.3f} s  {rate:>12,.0f} lines/s")
     return rate
+
+
+def core_seconds(
+    meter: CpuMeter, run: Callable[[], tuple[float, float]], repeat: int
+) -> tuple[float, float]:
+    """(seconds, machine-wide busy core-seconds) of the fastest of `repeat` calls of `run`."""
+    windows = [run() for _ in range(repeat)]
+    return min((end - start, meter.core_seconds(start, end)) for start, end in windows)
 
 
 def main() -> None:
@@ -137,33 +189,64 @@ def main() -> None:
         server = start_embedded_server(work / "pg", keep_running=False)
         print(f"{len(paths)} files, {lines:,} lines; best of {args.repeat}")
         orjson_rate = timed(
-            "orjson parsing alone", lines, stopwatch(lambda: run_orjson(paths)), args.repeat
+            "orjson parsing alone", lines, lambda: window(lambda: run_orjson(paths)), args.repeat
         )
         bflw_rate = timed(
             "betfairlightweight generator (lightweight)",
             lines,
-            stopwatch(lambda: run_betfairlightweight(paths)),
+            lambda: window(lambda: run_betfairlightweight(paths)),
             args.repeat,
         )
         flumine_rate = timed(
             "flumine simulation, no-op strategy",
             lines,
-            stopwatch(lambda: run_flumine(paths)),
+            lambda: window(lambda: run_flumine(paths)),
             args.repeat,
         )
 
-        def ours() -> float:
+        def ours() -> tuple[float, float]:
             """One replay into a new database, migrated before the clock starts (a deployed
             system has its schema; `velo db upgrade` is not part of ingesting)."""
             database_url = create_scratch_database(server.get_uri())
             try:
                 upgrade(database_url)
-                return stopwatch(lambda: run_dataflow(paths, database_url))()
+                return window(lambda: run_dataflow(paths, database_url))
             finally:
                 drop_database(database_url)
 
         ours_rate = timed(
             "velo dataflow (parse→state→windows→PostgreSQL)", lines, ours, args.repeat
+        )
+        print()
+        print(f"Where our time goes (busy core-seconds of all {cores_online()} cores):")
+        with CpuMeter() as meter:
+            full = core_seconds(meter, ours, args.repeat)
+            flow_only = core_seconds(
+                meter, lambda: window(lambda: run_dataflow_without_database(paths)), args.repeat
+            )
+            batches: list = []
+            run_dataflow_without_database(paths, batches)
+            database_url = create_scratch_database(server.get_uri())
+            try:
+                upgrade(database_url)
+                writes = core_seconds(
+                    meter, lambda: window(lambda: write_batches_alone(batches, database_url)), 1
+                )
+            finally:
+                drop_database(database_url)
+        for label, (seconds, used) in (
+            ("full dataflow", full),
+            ("dataflow, batches dropped (no database)", flow_only),
+            ("its database writes alone", writes),
+        ):
+            cores = used / seconds
+            print(f"  {label:<40} {seconds:7.3f} s  {used:6.2f} core-s  {cores:5.2f} cores")
+        ceiling = lines * cores_online() / (flow_only[1] + writes[1])
+        print(
+            f"  ceiling on {cores_online()} cores (both halves perfectly overlapped): "
+            f"{ceiling:,.0f} lines/s = {ceiling / flumine_rate:.1f}× flumine, "
+            f"{ceiling / bflw_rate:.1f}× betfairlightweight, orjson / ceiling "
+            f"{orjson_rate / ceiling:.1f}×"
         )
     print()
     print(f"velo / flumine            {ours_rate / flumine_rate:6.2f}×   (goal ≥ 10×)")

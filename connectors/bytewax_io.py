@@ -120,18 +120,22 @@ class DatabaseSink(DynamicSink[SinkBatch]):
         return _DatabasePartition(self._writer_factory, self._overlap)
 
 
-class _SnapshotPartition(StatefulSinkPartition[list[dict], None]):
-    def __init__(self, path: Path) -> None:
+class _SnapshotPartition(StatefulSinkPartition[list[dict], list[dict]]):
+    """Keeps the latest book of every runner until the end. Its rows are part of recovery
+    snapshots: a market's rows come once, when it closes, and its state is gone after that."""
+
+    def __init__(self, path: Path, resume_rows: list[dict] | None) -> None:
         self._path = path
         self._rows: dict[tuple[str, int, float], dict] = {}
+        self.write_batch([resume_rows or []])
 
     def write_batch(self, values: list[list[dict]]) -> None:
         for rows in values:
             for row in rows:
                 self._rows[(row["market_id"], row["selection_id"], row["handicap"])] = row
 
-    def snapshot(self) -> None:
-        return None
+    def snapshot(self) -> list[dict]:
+        return list(self._rows.values())
 
     def close(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,8 +161,10 @@ class SnapshotSink(_SinglePartitionSink):
     def __init__(self, path: Path) -> None:
         self._path = path
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SnapshotPartition:
-        return _SnapshotPartition(self._path)
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: list[dict] | None
+    ) -> _SnapshotPartition:
+        return _SnapshotPartition(self._path, resume_state)
 
 
 @dataclass

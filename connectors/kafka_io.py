@@ -15,7 +15,14 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from connectors.bytewax_io import Line
@@ -28,7 +35,10 @@ IDLE_POLL_INTERVAL = timedelta(milliseconds=2)
 def list_topic_partitions(bootstrap: str, topic: str, timeout_seconds: float = 10.0) -> list[int]:
     """Partition ids of `topic`; a clear error if the broker or the topic is missing."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    metadata = admin.list_topics(topic, timeout=timeout_seconds)
+    try:
+        metadata = admin.list_topics(topic, timeout=timeout_seconds)
+    except KafkaException as error:
+        raise RuntimeError(f"Kafka on {bootstrap} did not answer: {error}") from error
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         reason = found.error if found is not None else "not found"

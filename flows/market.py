@@ -40,6 +40,7 @@ from connectors.bytewax_io import (
     SummarySink,
 )
 from connectors.stream_files import expand_paths
+from operators.market_book import MARKET_CLOSED
 from operators.market_processor import MarketProcessor, SinkBatch, dead_letter_from_bad_line
 from operators.native_core import (
     finish_step,
@@ -72,7 +73,13 @@ def _route(lines: list) -> Iterable[tuple[str, object]]:
 
 class _MarketLogic(StatefulBatchLogic[object, SinkBatch, MarketProcessor]):
     """Engine shim around the market processor (native or Python, see
-    `operators.native_core`): batch in, one SinkBatch out; flush at EOF."""
+    `operators.native_core`): batch in, one SinkBatch out; flush at EOF.
+
+    A market's state goes as soon as a definition closes it: Betfair sends nothing for a
+    closed market, so its open windows and final runner books are emitted then, as at end of
+    stream, and a long-running worker holds only the markets still open. A line that still
+    comes for it starts the market again: dead-lettered unless it is an image or definition.
+    """
 
     def __init__(self, processor: MarketProcessor | None) -> None:
         self.processor = processor
@@ -80,7 +87,10 @@ class _MarketLogic(StatefulBatchLogic[object, SinkBatch, MarketProcessor]):
     def on_batch(self, values: list[object]) -> tuple[list[SinkBatch], bool]:
         if self.processor is None:
             self.processor = new_market_processor(market_id_of(values[0]))
-        return [process_step(self.processor, values)], StatefulBatchLogic.RETAIN
+        out = process_step(self.processor, values)
+        if out.markets and out.markets[-1].status == MARKET_CLOSED:
+            return [out, finish_step(self.processor)], StatefulBatchLogic.DISCARD
+        return [out], StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[SinkBatch], bool]:
         return [finish_step(self.processor)], StatefulBatchLogic.RETAIN

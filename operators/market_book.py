@@ -11,6 +11,9 @@ from math import copysign
 
 from operators.runner_book import LadderDelta, RunnerBook
 
+MARKET_CLOSED = "CLOSED"
+"""Betfair's final market status: nothing more is sent for the market."""
+
 RunnerKey = tuple[int, float]
 SETTLED_STATUSES = frozenset({"WINNER", "LOSER", "PLACED", "REMOVED", "HIDDEN"})
 
@@ -205,6 +208,6 @@ class MarketBook:
 
     @property
     def is_settled(self) -> bool:
-        return self.status == "CLOSED" and any(
+        return self.status == MARKET_CLOSED and any(
             r.status in SETTLED_STATUSES and r.status != "REMOVED" for r in self.runners.values()
         )

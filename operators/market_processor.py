@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from operators.market_book import MarketBook, parse_betfair_time
+from operators.market_book import MARKET_CLOSED, MarketBook, parse_betfair_time
 from operators.records import (
     DeadLetter,
     MarketRow,
@@ -237,7 +237,7 @@ class MarketProcessor:
                     runner.bsp,
                 )
             )
-        if book.status == "CLOSED":
+        if book.status == MARKET_CLOSED:
             out.results.extend(
                 ResultRow(self.market_id, r.selection_id, r.handicap, r.status, r.bsp, publish_time)
                 for r in book.runners.values()

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from operators.market_book import MARKET_CLOSED
 from operators.market_processor import SinkBatch
 from operators.records import MarketRow, MarketTick, Prediction, RunnerRow, RunnerTick
 
@@ -32,7 +33,6 @@ MAX_PENDING_MOMENTS = 360
 
 ACTIVE = "ACTIVE"
 OPEN = "OPEN"
-CLOSED = "CLOSED"
 
 
 class RaceScorer(Protocol):
@@ -88,7 +88,7 @@ class RaceScoringState:
 
     @property
     def closed(self) -> bool:
-        return self.market_status == CLOSED
+        return self.market_status == MARKET_CLOSED
 
     def observe_racecard(self, card: RacecardFeatures, scorer: RaceScorer) -> list[Prediction]:
         """Use `card` from now on; score the moments that were waiting for it."""

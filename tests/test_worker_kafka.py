@@ -139,17 +139,18 @@ def test_kill_minus_nine_and_restart_resumes_exactly(
     ]
     first = _worker(env, *common)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # kill once some, not all, ticks are stored
-        if _stored_ticks(fresh_database) > 5_000:
+    # Kill once some, not all, ticks are stored and a market has closed: a closed market's
+    # state leaves the worker, and its final books must still reach --snapshot-out.
+    while time.monotonic() < deadline:
+        if _stored_ticks(fresh_database) > 5_000 and count_rows(fresh_database)["results"]:
             break
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait(30)
-    assert (
-        0
-        < count_rows(fresh_database)["runner_ticks"]
-        < count_rows(reference_database)["runner_ticks"]
-    ), "the kill must land mid-stream"
+    stored = count_rows(fresh_database)
+    expected = count_rows(reference_database)
+    assert 0 < stored["runner_ticks"] < expected["runner_ticks"], "the kill must land mid-stream"
+    assert 0 < stored["results"] < expected["results"], "one market, not all, must have closed"
     _finish(_worker(env, *common))
     for table in TABLES:
         assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
@@ -285,7 +286,10 @@ def test_worker_survives_a_kafka_broker_restart(
     )
     publisher.start()
     try:
-        time.sleep(2.0)
+        deadline = time.monotonic() + 60
+        while _stored_ticks(fresh_database) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the broker goes down mid-stream, not while the worker starts
+        assert worker.poll() is None and _stored_ticks(fresh_database) > 0
         kafka.down(60)
         assert kafka.probe() is not None, "the broker must really be down"
         time.sleep(2.0)
