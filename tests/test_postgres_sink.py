@@ -177,8 +177,8 @@ def test_a_second_writer_replaying_changes_nothing(any_database: str) -> None:
     assert count_rows(any_database) == EXPECTED_COUNTS
 
 
-def test_the_two_connection_writer_stores_the_same_rows_once(any_database: str) -> None:
-    """The flow's writer splits a batch over two connections; counts, rows and idempotence
+def test_the_concurrent_writer_stores_the_same_rows_once(any_database: str) -> None:
+    """The flow's writer splits a batch over three connections; counts, rows and idempotence
     are those of one writer."""
     with ConcurrentPostgresWriter(any_database) as writer:
         assert writer.write(full_batch()) == EXPECTED_COUNTS
