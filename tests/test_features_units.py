@@ -130,3 +130,16 @@ def test_every_feature_declares_its_coverage() -> None:
 
     for group, module in GROUP_MODULES.items():
         assert list(module.COVERAGE) == FEATURE_GROUPS[group], group
+
+
+def test_draw_and_weight_interactions() -> None:
+    """A wide draw counts by field size; a weight edge by the distance (1200 m here)."""
+    state = state_from([race("r1", date(2024, 1, 1), HORSES, ("J1", "J2", "J3", "J4"))])
+    card = race("r2", date(2024, 2, 1), HORSES, ("J1", "J2", "J3", "J4"))[0]
+    features = features_for_race(state, card).sort("runner_id")
+    draw_pct = [0.0, 1 / 3, 2 / 3, 1.0]
+    assert features["draw_pct"].to_list() == pytest.approx(draw_pct)
+    assert features["draw_field"].to_list() == pytest.approx([d * 4 / 14 for d in draw_pct])
+    # Weights 126, 125, 124, 123 lbs: 1.5, 0.5, -0.5, -1.5 lbs against the mean, times 1.2 km.
+    weight_rel = [1.5, 0.5, -0.5, -1.5]
+    assert features["weight_rel_distance"].to_list() == pytest.approx([w * 1.2 for w in weight_rel])

@@ -16,6 +16,7 @@ FEATURES = {
     "draw_bias_finish": "Earlier finish above mid-field from this draw there, shrunk.",
     "style_draw": "Front-running tendency x draw_pct (a leader drawn wide must cross).",
     "leader_bias_fit": "How early leaders have fared there x the horse's front-running tendency.",
+    "draw_field": "draw_pct x field size / 14: a wide draw costs more in a big field.",
 }
 
 
@@ -26,6 +27,7 @@ COVERAGE = {
     "draw_bias_finish": known("dr_as_of"),
     "style_draw": known("draw") & _EARLY,
     "leader_bias_fit": known("pc_as_of") & _EARLY,
+    "draw_field": known("draw"),
 }
 
 
@@ -44,4 +46,5 @@ def compute(frame: pl.DataFrame) -> pl.DataFrame:
         draw_bias_finish=pl.col("dr_finish_gain").fill_null(0.0) / draw_runs,
         style_draw=front_running * draw_pct,
         leader_bias_fit=leader_bias * front_running,
+        draw_field=draw_pct * field / 14.0,
     )

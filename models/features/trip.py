@@ -20,6 +20,7 @@ FEATURES = {
     "weight_carried_rel": "Weight carried minus the race mean.",
     "weight_change": "Weight carried now minus at the last run, lbs.",
     "body_weight_change": "Declared body weight now minus at the last run, lbs.",
+    "weight_rel_distance": "weight_carried_rel x distance in km (weight tells more over further).",
 }
 
 
@@ -34,6 +35,7 @@ COVERAGE = {
     "weight_carried_rel": known("weight_carried_lbs"),
     "weight_change": known("weight_carried_lbs", "h_weight_carried_lbs"),
     "body_weight_change": known("body_weight_lbs", "h_body_weight_lbs"),
+    "weight_rel_distance": known("weight_carried_lbs"),
 }
 
 
@@ -63,4 +65,5 @@ def compute(frame: pl.DataFrame) -> pl.DataFrame:
         weight_carried_rel=rel(weight),
         weight_change=(weight - pl.col("h_weight_carried_lbs")).fill_null(0.0),
         body_weight_change=(pl.col("body_weight_lbs") - pl.col("h_body_weight_lbs")).fill_null(0.0),
+        weight_rel_distance=rel(weight) * pl.col("distance_m").cast(pl.Float64) / 1000.0,
     )
