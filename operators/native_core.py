@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from operators import stream_messages
 from operators.market_processor import MarketProcessor, SinkBatch
+from operators.windows import DEFAULT_WINDOW_SECONDS, PERSISTED_WINDOW_SECONDS
 
 try:
     import velo_native
@@ -36,9 +37,21 @@ class Operators(NamedTuple):
     object with `process(changes, out)`, `finish(out)` and `market_id`, picklable."""
 
 
+def _native_market_processor(
+    market_id: str,
+    window_seconds: tuple[int, ...] = DEFAULT_WINDOW_SECONDS,
+    persisted_window_seconds: tuple[int, ...] = PERSISTED_WINDOW_SECONDS,
+    keep_deltas: bool = False,
+) -> Any:
+    """The native processor with the Python processor's default window lengths."""
+    return velo_native.MarketProcessor(
+        market_id, window_seconds, persisted_window_seconds, keep_deltas
+    )
+
+
 PYTHON = Operators("python", stream_messages.route_lines, MarketProcessor)
 NATIVE: Operators | None = (
-    Operators("native", velo_native.route_lines, velo_native.MarketProcessor)
+    Operators("native", velo_native.route_lines, _native_market_processor)
     if velo_native is not None
     else None
 )

@@ -476,21 +476,17 @@ fn int_lengths(values: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
 #[pymethods]
 impl NativeMarketProcessor {
     #[new]
-    #[pyo3(signature = (market_id, window_seconds = None, persisted_window_seconds = None, keep_deltas = false))]
+    /// The window lengths have no defaults here: `operators.native_core` passes the Python
+    /// ones (`operators.windows`), the single place they are defined.
+    #[pyo3(signature = (market_id, window_seconds, persisted_window_seconds, keep_deltas = false))]
     fn new(
         market_id: String,
-        window_seconds: Option<&Bound<'_, PyAny>>,
-        persisted_window_seconds: Option<&Bound<'_, PyAny>>,
+        window_seconds: &Bound<'_, PyAny>,
+        persisted_window_seconds: &Bound<'_, PyAny>,
         keep_deltas: bool,
     ) -> PyResult<Self> {
-        let window_seconds = match window_seconds {
-            Some(values) => int_lengths(values, "window_seconds")?,
-            None => vec![1, 10, 60],
-        };
-        let persisted = match persisted_window_seconds {
-            Some(values) => int_lengths(values, "persisted_window_seconds")?,
-            None => vec![10, 60],
-        };
+        let window_seconds = int_lengths(window_seconds, "window_seconds")?;
+        let persisted = int_lengths(persisted_window_seconds, "persisted_window_seconds")?;
         Ok(NativeMarketProcessor {
             state: ProcessorState::new(market_id, &window_seconds, &persisted, keep_deltas)?,
         })
