@@ -73,7 +73,7 @@ def _route(lines: list) -> Iterable[tuple[str, object]]:
 
 class _MarketLogic(StatefulBatchLogic[object, SinkBatch, MarketProcessor]):
     """Engine shim around the market processor (native or Python, see
-    `operators.native_core`): batch in, one SinkBatch out; flush at EOF.
+    `operators.native_core`): batch in, its SinkBatch out; flush at EOF.
 
     A market's state goes as soon as a definition closes it: Betfair sends nothing for a
     closed market, so its open windows and final runner books are emitted then, as at end of
