@@ -376,15 +376,11 @@ def _consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0)
     return messages
 
 
-def test_worker_scores_racecards_from_kafka(
-    kafka_bootstrap: str,
-    kafka_topic,
-    fresh_database: str,
-    scratch_database_factory,
-    day: tuple[Path, Path],
-    model_dir: Path,
-    scorer: LiveRaceScorer,
-) -> None:
+def _worker_topics_and_env(
+    kafka_bootstrap: str, kafka_topic, day: tuple[Path, Path], database_url: str
+) -> tuple[dict[str, str], str, str]:
+    """The day's lines and racecards published to fresh topics; (worker env, racecards topic,
+    predictions topic)."""
     stream, cards = day
     mcm = kafka_topic(partitions=4, prefix="mcm")
     racecards = kafka_topic(partitions=2, prefix="racecards")
@@ -412,13 +408,29 @@ def test_worker_scores_racecards_from_kafka(
         "VELO_TOPIC_RACECARDS": racecards,
         "VELO_TOPIC_PREDICTIONS": predictions,
         "VELO_TOPIC_DEAD_LETTERS": dead_topic,
-        "DATABASE_URL": fresh_database,
+        "DATABASE_URL": database_url,
     }
+    return env, racecards, predictions
+
+
+WORKER = (sys.executable, "-m", "cli.main", "worker")
+
+
+def test_worker_scores_racecards_from_kafka(
+    kafka_bootstrap: str,
+    kafka_topic,
+    fresh_database: str,
+    scratch_database_factory,
+    day: tuple[Path, Path],
+    model_dir: Path,
+    scorer: LiveRaceScorer,
+) -> None:
+    stream, cards = day
+    env, racecards, predictions = _worker_topics_and_env(
+        kafka_bootstrap, kafka_topic, day, fresh_database
+    )
     done = subprocess.run(
-        [
-            *(sys.executable, "-m", "cli.main", "worker"),
-            *("--workers", "2", "--exit-when-idle", "3", "--model", str(model_dir)),
-        ],
+        [*WORKER, "--workers", "2", "--exit-when-idle", "3", "--model", str(model_dir)],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -455,3 +467,50 @@ def test_worker_scores_racecards_from_kafka(
             )
         ]
     assert len(reasons) == 3 and sum(r.startswith(INVALID_EVENT) for r in reasons) == 2
+
+
+def test_scoring_worker_killed_and_restarted_stores_the_same_predictions(
+    kafka_bootstrap: str,
+    kafka_topic,
+    fresh_database: str,
+    scratch_database_factory,
+    day: tuple[Path, Path],
+    model_dir: Path,
+    scorer: LiveRaceScorer,
+    tmp_path: Path,
+) -> None:
+    """Exactly-once effects with scoring: kill -9 once some predictions are stored, restart
+    from the recovery snapshots, and the tables equal an uninterrupted replay's."""
+    stream, cards = day
+    env, _, _ = _worker_topics_and_env(kafka_bootstrap, kafka_topic, day, fresh_database)
+    argv = [
+        *WORKER,
+        *("--exit-when-idle", "3", "--model", str(model_dir)),
+        *("--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval", "0.2"),
+    ]
+    reference = scratch_database_factory()
+    replay([stream], reference, racecards=cards, scorer=scorer)
+    expected = _predictions(reference)
+
+    first = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    stored = 0
+    while time.monotonic() < deadline and first.poll() is None:
+        try:
+            stored = len(_predictions(fresh_database))
+        except psycopg.errors.UndefinedTable:
+            stored = 0  # the worker has not created the schema yet
+        if stored > len(expected) // 4:
+            break
+        time.sleep(0.05)
+    first.kill()
+    first.wait(30)
+    assert 0 < len(_predictions(fresh_database)) < len(expected), "the kill must land mid-stream"
+
+    done = subprocess.run(
+        argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _predictions(fresh_database) == expected
+    for table in ("markets", "runners", "runner_ticks", "market_ticks", "window_aggregates"):
+        assert dump_table(fresh_database, table) == dump_table(reference, table), table
