@@ -104,7 +104,7 @@ class _KeepingWriter:
     def __init__(self, kept: list | None) -> None:
         self._kept = kept
 
-    def write(self, batch) -> dict[str, int]:
+    def write(self, batch: object) -> dict[str, int]:
         if self._kept is not None:
             self._kept.append(batch)
         return {}
