@@ -145,27 +145,33 @@ def run_dataflow(paths: list[Path], database_url: str) -> None:
         raise RuntimeError("the dataflow processed nothing")
 
 
-def window(work: Callable[[], None]) -> tuple[float, float]:
+Window = tuple[float, float]
+"""`time.perf_counter()` at the start and the end of a measured run."""
+
+
+def window(work: Callable[[], None]) -> Window:
     """`time.perf_counter()` before and after `work`."""
     started = time.perf_counter()
     work()
     return started, time.perf_counter()
 
 
-def timed(label: str, lines: int, run: Callable[[], tuple[float, float]], repeat: int) -> float:
-    """Best of `repeat` calls of `run`, which returns the window it measured."""
-    best = min(end - start for start, end in (run() for _ in range(repeat)))
-    rate = lines / best
-    print(f"{label:<42} {best:8.3f} s  {rate:>12,.0f} lines/s")
+def fastest(run: Callable[[], Window], repeat: int) -> Window:
+    """The shortest window of `repeat` calls of `run`."""
+    return min((run() for _ in range(repeat)), key=lambda w: w[1] - w[0])
+
+
+def report(label: str, lines: int, measured: Window) -> float:
+    """Lines/s of one measured run, printed."""
+    seconds = measured[1] - measured[0]
+    rate = lines / seconds
+    print(f"{label:<42} {seconds:8.3f} s  {rate:>12,.0f} lines/s")
     return rate
 
 
-def core_seconds(
-    meter: CpuMeter, run: Callable[[], tuple[float, float]], repeat: int
-) -> tuple[float, float]:
-    """(seconds, machine-wide busy core-seconds) of the fastest of `repeat` calls of `run`."""
-    windows = [run() for _ in range(repeat)]
-    return min((end - start, meter.core_seconds(start, end)) for start, end in windows)
+def timed(label: str, lines: int, run: Callable[[], Window], repeat: int) -> float:
+    """Lines/s of the fastest of `repeat` calls of `run`, printed."""
+    return report(label, lines, fastest(run, repeat))
 
 
 def main() -> None:
@@ -204,7 +210,7 @@ def main() -> None:
             args.repeat,
         )
 
-        def ours() -> tuple[float, float]:
+        def ours() -> Window:
             """One replay into a new database, migrated before the clock starts (a deployed
             system has its schema; `velo db upgrade` is not part of ingesting)."""
             database_url = create_scratch_database(server.get_uri())
@@ -214,34 +220,35 @@ def main() -> None:
             finally:
                 drop_database(database_url)
 
-        ours_rate = timed(
-            "velo dataflow (parse→state→windows→PostgreSQL)", lines, ours, args.repeat
-        )
-        print()
-        print(f"Where our time goes (busy core-seconds of all {cores_online()} cores):")
         with CpuMeter() as meter:
-            full = core_seconds(meter, ours, args.repeat)
-            flow_only = core_seconds(
-                meter, lambda: window(lambda: run_dataflow_without_database(paths)), args.repeat
+            full = fastest(ours, args.repeat)
+            flow_only = fastest(
+                lambda: window(lambda: run_dataflow_without_database(paths)), args.repeat
             )
             batches: list = []
             run_dataflow_without_database(paths, batches)
             database_url = create_scratch_database(server.get_uri())
             try:
                 upgrade(database_url)
-                writes = core_seconds(
-                    meter, lambda: window(lambda: write_batches_alone(batches, database_url)), 1
-                )
+                writes = window(lambda: write_batches_alone(batches, database_url))
             finally:
                 drop_database(database_url)
-        for label, (seconds, used) in (
+        ours_rate = report("velo dataflow (parse→state→windows→PostgreSQL)", lines, full)
+        print()
+        print(f"Where our time goes (busy core-seconds of all {cores_online()} cores):")
+        for label, (start, end) in (
             ("full dataflow", full),
             ("dataflow, batches dropped (no database)", flow_only),
             ("its database writes alone", writes),
         ):
-            cores = used / seconds
-            print(f"  {label:<40} {seconds:7.3f} s  {used:6.2f} core-s  {cores:5.2f} cores")
-        ceiling = lines * cores_online() / (flow_only[1] + writes[1])
+            used = meter.core_seconds(start, end)
+            seconds = end - start
+            print(
+                f"  {label:<40} {seconds:7.3f} s  {used:6.2f} core-s  {used / seconds:5.2f} cores"
+            )
+        ceiling = (
+            lines * cores_online() / (meter.core_seconds(*flow_only) + meter.core_seconds(*writes))
+        )
         print(
             f"  ceiling on {cores_online()} cores (both halves perfectly overlapped): "
             f"{ceiling:,.0f} lines/s = {ceiling / flumine_rate:.1f}× flumine, "

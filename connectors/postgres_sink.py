@@ -254,8 +254,9 @@ class _Encoded:
     def records(self) -> list:
         return [record for table in self.tables for record in table.records()]
 
-    def data(self) -> bytes:
-        return b"".join(table.data for table in self.tables)
+    def data(self) -> list[bytes]:
+        """Each table's tuples, all encoded before any is sent (an encoder may refuse)."""
+        return [table.data for table in self.tables]
 
     def months(self, index: int) -> set[tuple[int, int]]:
         """Months of the partition column, step by step: one market's step spans seconds to
@@ -457,8 +458,10 @@ class PostgresWriter:
                     rows = rows.records()
                 with cur.copy(spec.copy_sql(into_table=into_table, binary=binary)) as copy:
                     if isinstance(rows, _Encoded):
+                        parts = rows.data()
                         copy.write(_BINARY_COPY_HEADER)
-                        copy.write(rows.data())
+                        for part in parts:
+                            copy.write(part)
                         copy.write(_BINARY_COPY_TRAILER)
                     else:
                         if binary:

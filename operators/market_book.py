@@ -15,7 +15,6 @@ MARKET_CLOSED = "CLOSED"
 """Betfair's final market status: nothing more is sent for the market."""
 
 RunnerKey = tuple[int, float]
-SETTLED_STATUSES = frozenset({"WINNER", "LOSER", "PLACED", "REMOVED", "HIDDEN"})
 
 
 def parse_betfair_time(value: object) -> datetime | None:
@@ -181,9 +180,6 @@ class MarketBook:
 
     # -- derived market values -------------------------------------------------------------
 
-    def active_runners(self) -> list[RunnerBook]:
-        return [r for r in self.runners.values() if r.status == "ACTIVE"]
-
     def overrounds(self) -> tuple[float | None, float | None, int]:
         """(back book %, lay book %, active runners): sums of 1/best price over active runners."""
         back = lay = 0.0
@@ -205,9 +201,3 @@ class MarketBook:
         if self.market_time_ms is None:
             return None
         return (self.market_time_ms - publish_time_ms) / 1000.0
-
-    @property
-    def is_settled(self) -> bool:
-        return self.status == MARKET_CLOSED and any(
-            r.status in SETTLED_STATUSES and r.status != "REMOVED" for r in self.runners.values()
-        )

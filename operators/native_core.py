@@ -55,7 +55,6 @@ NATIVE: Operators | None = (
     if velo_native is not None
     else None
 )
-NATIVE_AVAILABLE = NATIVE is not None
 CopyRows = velo_native.CopyRows if velo_native is not None else None
 """COPY mode of the native processor (None without it): `rows = CopyRows()`, then
 `processor.process(changes, out, rows)` / `processor.finish(out, rows)` put runner ticks,

@@ -34,8 +34,6 @@ def _build_ladder() -> tuple[float, ...]:
 PRICES: tuple[float, ...] = _build_ladder()
 """All 350 valid prices from 1.01 to 1000, ascending."""
 
-MIN_PRICE = PRICES[0]
-MAX_PRICE = PRICES[-1]
 _INDEX = {price: i for i, price in enumerate(PRICES)}
 
 

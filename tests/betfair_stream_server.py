@@ -1100,29 +1100,27 @@ class BetfairApiServer:
     def api_url(self) -> str:
         return f"https://localhost:{self.port}/exchange/"
 
+    def _client_fields(self) -> dict[str, object]:
+        """The `Settings` fields of a client that logs in here (certlogin)."""
+        return {
+            "betfair_username": self.username,
+            "betfair_password": self.password,
+            "betfair_app_key": self.app_key,
+            "betfair_certs_dir": self.tls.certs_dir,
+            "betfair_identity_url": self.identity_url,
+            "betfair_api_url": self.api_url,
+            "betfair_ca_file": self.tls.ca_file,
+        }
+
     def settings(self) -> Settings:
-        """Settings of a client that logs in here with this server's credentials (certlogin)."""
-        return Settings(
-            betfair_username=self.username,
-            betfair_password=self.password,
-            betfair_app_key=self.app_key,
-            betfair_certs_dir=self.tls.certs_dir,
-            betfair_identity_url=self.identity_url,
-            betfair_api_url=self.api_url,
-            betfair_ca_file=self.tls.ca_file,
-        )
+        """Settings of a client that logs in here with this server's credentials."""
+        return Settings(**self._client_fields())
 
     def client_env(self) -> dict[str, str]:
         """`settings()` as the environment of a `velo` subprocess (on top of `os.environ`)."""
         return {
             **os.environ,
-            "BETFAIR_USERNAME": self.username,
-            "BETFAIR_PASSWORD": self.password,
-            "BETFAIR_APP_KEY": self.app_key,
-            "BETFAIR_CERTS_DIR": str(self.tls.certs_dir),
-            "BETFAIR_IDENTITY_URL": self.identity_url,
-            "BETFAIR_API_URL": self.api_url,
-            "BETFAIR_CA_FILE": str(self.tls.ca_file),
+            **{name.upper(): str(value) for name, value in self._client_fields().items()},
         }
 
     def start(self) -> BetfairApiServer:

@@ -14,7 +14,7 @@ from connectors.simulator import simulate_day
 from flows.market import _MarketLogic
 from operators.market_processor import SinkBatch
 from operators.native_core import Operators
-from tests.test_operator_golden import RECORD_KINDS, operators, replay  # noqa: F401
+from tests.test_operator_golden import RECORD_KINDS, replay
 
 ENCODED_KINDS = ("runner_ticks", "market_ticks", "windows", "live_windows")
 """Kinds the native processor may hand over as COPY tuples (`SinkBatch.records`)."""
@@ -36,7 +36,7 @@ def market_lines(seed: int) -> list[tuple[int, bytes]]:
     return list(enumerate(simulate_day(seed=seed, markets=1, messages_per_market=500), start=1))
 
 
-def test_a_closed_market_is_dropped_with_all_its_rows_out(operators: Operators) -> None:  # noqa: F811
+def test_a_closed_market_is_dropped_with_all_its_rows_out(operators: Operators) -> None:
     lines = market_lines(seed=5)
     logic = _MarketLogic(None)
     emitted: list[SinkBatch] = []
@@ -60,7 +60,7 @@ def test_a_closed_market_is_dropped_with_all_its_rows_out(operators: Operators) 
     assert got["results"] and got["snapshots"], "a closed market has results and final books"
 
 
-def test_a_line_after_the_close_is_dead_lettered(operators: Operators) -> None:  # noqa: F811
+def test_a_line_after_the_close_is_dead_lettered(operators: Operators) -> None:
     lines = market_lines(seed=6)
     late_tick = next(
         raw for _, raw in reversed(lines) if b'"rc"' in raw and b"marketDefinition" not in raw

@@ -31,7 +31,7 @@ import pytest
 from connectors.simulator import simulate_day
 from connectors.stream_files import read_lines
 from operators.market_processor import SinkBatch
-from operators.native_core import NATIVE, PYTHON, Operators
+from operators.native_core import PYTHON, Operators
 from operators.stream_messages import BadLine
 
 HORSE_RACING_FILES = [
@@ -222,16 +222,6 @@ def stream_lines(name: str, betfair_dir: Path) -> Iterable[tuple[int, bytes | Ba
     if name == MUTATED_DAY:
         return enumerate(mutated_day(), start=1)
     return read_lines(betfair_dir / name)
-
-
-@pytest.fixture(params=["python", "native"])
-def operators(request: pytest.FixtureRequest) -> Operators:
-    """Each implementation in turn; the native one only where `velo_native` is installed."""
-    if request.param == "python":
-        return PYTHON
-    if NATIVE is None:
-        pytest.skip("velo_native is not installed (build it with `make venv` where cargo exists)")
-    return NATIVE
 
 
 @pytest.mark.data

@@ -416,6 +416,14 @@ def _worker_topics_and_env(
 WORKER = (sys.executable, "-m", "cli.main", "worker")
 
 
+def _run_worker(env: dict[str, str], *args: str) -> None:
+    """`velo worker ARGS` to its end; it must exit 0."""
+    done = subprocess.run(
+        [*WORKER, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_worker_scores_racecards_from_kafka(
     kafka_bootstrap: str,
     kafka_topic,
@@ -429,15 +437,7 @@ def test_worker_scores_racecards_from_kafka(
     env, racecards, predictions = _worker_topics_and_env(
         kafka_bootstrap, kafka_topic, day, fresh_database
     )
-    done = subprocess.run(
-        [*WORKER, "--workers", "2", "--exit-when-idle", "3", "--model", str(model_dir)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run_worker(env, "--workers", "2", "--exit-when-idle", "3", "--model", str(model_dir))
 
     reference = scratch_database_factory()
     replay([stream], reference, racecards=cards, scorer=scorer)
@@ -483,8 +483,7 @@ def test_scoring_worker_killed_and_restarted_stores_the_same_predictions(
     from the recovery snapshots, and the tables equal an uninterrupted replay's."""
     stream, cards = day
     env, _, _ = _worker_topics_and_env(kafka_bootstrap, kafka_topic, day, fresh_database)
-    argv = [
-        *WORKER,
+    args = [
         *("--exit-when-idle", "3", "--model", str(model_dir)),
         *("--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval", "0.2"),
     ]
@@ -492,7 +491,7 @@ def test_scoring_worker_killed_and_restarted_stores_the_same_predictions(
     replay([stream], reference, racecards=cards, scorer=scorer)
     expected = _predictions(reference)
 
-    first = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen([*WORKER, *args], cwd=PROJECT_ROOT, env=env, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     stored = 0
     while time.monotonic() < deadline and first.poll() is None:
@@ -507,10 +506,7 @@ def test_scoring_worker_killed_and_restarted_stores_the_same_predictions(
     first.wait(30)
     assert 0 < len(_predictions(fresh_database)) < len(expected), "the kill must land mid-stream"
 
-    done = subprocess.run(
-        argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run_worker(env, *args)
     assert _predictions(fresh_database) == expected
     for table in ("markets", "runners", "runner_ticks", "market_ticks", "window_aggregates"):
         assert dump_table(fresh_database, table) == dump_table(reference, table), table

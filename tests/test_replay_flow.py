@@ -261,9 +261,9 @@ def test_lines_that_once_crashed_are_dead_lettered_by_velo_replay(
     native: str, scratch_database_factory, tmp_path: Path
 ) -> None:
     from operators.market_processor import UNSERIALISABLE_CHANGE
-    from operators.native_core import NATIVE_AVAILABLE
+    from operators.native_core import NATIVE
 
-    if native == "1" and not NATIVE_AVAILABLE:
+    if native == "1" and NATIVE is None:
         pytest.skip("velo_native is not installed")
     stream = tmp_path / "once-crashing.jsonl"
     expected = _once_crashing_stream(stream)

@@ -12,8 +12,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use serde::{Deserialize, Serialize};
 
-use crate::json::{num_to_py, Json, Node};
+use crate::json::{option_num, Json, Node};
 use crate::number::Num;
+use crate::pickle;
 use crate::processor::MarketValues;
 use crate::records::{classes, new_record, DatetimeCache, StringCache, UtcTime};
 use crate::runner_book::TickValues;
@@ -47,13 +48,6 @@ pub struct WindowRows {
 }
 
 // -- Python records ------------------------------------------------------------------------
-
-fn option_num<'py>(py: Python<'py>, value: Option<Num>) -> PyResult<Bound<'py, PyAny>> {
-    match value {
-        Some(number) => num_to_py(py, number),
-        None => Ok(py.None().into_bound(py)),
-    }
-}
 
 /// The last market id converted, reused while rows repeat it (one market per batch).
 struct MarketIdCache<'py> {
@@ -339,15 +333,6 @@ fn encode_market_tick(row: &MarketTickRow, out: &mut Vec<u8>) -> Result<(), Unen
     Ok(())
 }
 
-/// The window's rows; an error names the row (accumulator) that cannot be encoded.
-fn encode_windows(rows: &WindowRows, out: &mut Vec<u8>) -> Result<(), (usize, Unencodable)> {
-    let window = &rows.window;
-    for (index, acc) in window.accumulators.iter().enumerate() {
-        encode_window(rows, acc, out).map_err(|error| (index, error))?;
-    }
-    Ok(())
-}
-
 fn encode_window(
     rows: &WindowRows,
     acc: &Accumulator,
@@ -401,41 +386,75 @@ enum TableKind {
     LiveWindows,
 }
 
+/// One table's rows (live and persisted windows have the same shape).
+enum TableRows<'a> {
+    RunnerTicks(&'a [RunnerTickRow]),
+    MarketTicks(&'a [MarketTickRow]),
+    Windows(&'a [WindowRows]),
+}
+
+/// The earliest and latest of `times` (the first seen of equal ones).
+fn earliest_and_latest(times: impl Iterator<Item = UtcTime>) -> Option<(UtcTime, UtcTime)> {
+    times.fold(None, |range, time| match range {
+        None => Some((time, time)),
+        Some((low, high)) => Some((
+            if time.instant() < low.instant() {
+                time
+            } else {
+                low
+            },
+            if time.instant() > high.instant() {
+                time
+            } else {
+                high
+            },
+        )),
+    })
+}
+
 impl CopyRows {
-    fn count(&self, kind: TableKind) -> usize {
-        let windows = |rows: &[WindowRows]| rows.iter().map(|r| r.window.accumulators.len()).sum();
+    fn table_rows(&self, kind: TableKind) -> TableRows<'_> {
         match kind {
-            TableKind::RunnerTicks => self.runner_ticks.len(),
-            TableKind::MarketTicks => self.market_ticks.len(),
-            TableKind::Windows => windows(&self.windows),
-            TableKind::LiveWindows => windows(&self.live_windows),
+            TableKind::RunnerTicks => TableRows::RunnerTicks(&self.runner_ticks),
+            TableKind::MarketTicks => TableRows::MarketTicks(&self.market_ticks),
+            TableKind::Windows => TableRows::Windows(&self.windows),
+            TableKind::LiveWindows => TableRows::Windows(&self.live_windows),
         }
     }
 
+    fn count(&self, kind: TableKind) -> usize {
+        match self.table_rows(kind) {
+            TableRows::RunnerTicks(rows) => rows.len(),
+            TableRows::MarketTicks(rows) => rows.len(),
+            TableRows::Windows(rows) => rows.iter().map(|r| r.window.accumulators.len()).sum(),
+        }
+    }
+
+    /// The rows as COPY tuples; an error names the row (in table order) that cannot be encoded.
     fn encode(&self, kind: TableKind) -> Result<Vec<u8>, (usize, Unencodable)> {
         let mut out = Vec::new();
         let numbered = |index: usize| move |error| (index, error);
-        match kind {
-            TableKind::RunnerTicks => {
-                for (index, row) in self.runner_ticks.iter().enumerate() {
+        match self.table_rows(kind) {
+            TableRows::RunnerTicks(rows) => {
+                for (index, row) in rows.iter().enumerate() {
                     encode_runner_tick(row, &mut out).map_err(numbered(index))?;
                 }
             }
-            TableKind::MarketTicks => {
-                for (index, row) in self.market_ticks.iter().enumerate() {
+            TableRows::MarketTicks(rows) => {
+                for (index, row) in rows.iter().enumerate() {
                     encode_market_tick(row, &mut out).map_err(numbered(index))?;
                 }
             }
-            TableKind::Windows | TableKind::LiveWindows => {
-                let rows = match kind {
-                    TableKind::Windows => &self.windows,
-                    _ => &self.live_windows,
-                };
-                let mut first_row = 0;
-                for group in rows {
-                    encode_windows(group, &mut out)
-                        .map_err(|(index, error)| (first_row + index, error))?;
-                    first_row += group.window.accumulators.len();
+            TableRows::Windows(rows) => {
+                let accumulators = rows.iter().flat_map(|group| {
+                    group
+                        .window
+                        .accumulators
+                        .iter()
+                        .map(move |acc| (group, acc))
+                });
+                for (index, (group, acc)) in accumulators.enumerate() {
+                    encode_window(group, acc, &mut out).map_err(numbered(index))?;
                 }
             }
         }
@@ -445,38 +464,29 @@ impl CopyRows {
     /// The earliest and latest value of the table's partition column (`publish_time`, or
     /// `window_start` for windows).
     fn time_range(&self, kind: TableKind) -> Option<(UtcTime, UtcTime)> {
-        let times: Box<dyn Iterator<Item = UtcTime> + '_> = match kind {
-            TableKind::RunnerTicks => Box::new(self.runner_ticks.iter().map(|r| r.publish_time)),
-            TableKind::MarketTicks => Box::new(self.market_ticks.iter().map(|r| r.publish_time)),
-            TableKind::Windows => Box::new(self.windows.iter().map(|r| r.window.start)),
-            TableKind::LiveWindows => Box::new(self.live_windows.iter().map(|r| r.window.start)),
-        };
-        times.fold(None, |range, time| match range {
-            None => Some((time, time)),
-            Some((low, high)) => Some((
-                if time.instant() < low.instant() {
-                    time
-                } else {
-                    low
-                },
-                if time.instant() > high.instant() {
-                    time
-                } else {
-                    high
-                },
-            )),
-        })
+        match self.table_rows(kind) {
+            TableRows::RunnerTicks(rows) => {
+                earliest_and_latest(rows.iter().map(|r| r.publish_time))
+            }
+            TableRows::MarketTicks(rows) => {
+                earliest_and_latest(rows.iter().map(|r| r.publish_time))
+            }
+            TableRows::Windows(rows) => earliest_and_latest(rows.iter().map(|r| r.window.start)),
+        }
     }
 
     fn records<'py>(&self, py: Python<'py>, kind: TableKind) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
-        match kind {
-            TableKind::RunnerTicks => append_runner_ticks(py, &self.runner_ticks, &list)?,
-            TableKind::MarketTicks => append_market_ticks(py, &self.market_ticks, &list)?,
-            TableKind::Windows => append_windows(py, &self.windows, &list)?,
-            TableKind::LiveWindows => append_windows(py, &self.live_windows, &list)?,
+        match self.table_rows(kind) {
+            TableRows::RunnerTicks(rows) => append_runner_ticks(py, rows, &list)?,
+            TableRows::MarketTicks(rows) => append_market_ticks(py, rows, &list)?,
+            TableRows::Windows(rows) => append_windows(py, rows, &list)?,
         }
         Ok(list)
+    }
+
+    fn table(slf: Py<Self>, kind: TableKind) -> CopyTable {
+        CopyTable { rows: slf, kind }
     }
 }
 
@@ -489,36 +499,24 @@ impl CopyRows {
 
     #[getter]
     fn runner_ticks(slf: Py<Self>) -> CopyTable {
-        CopyTable {
-            rows: slf,
-            kind: TableKind::RunnerTicks,
-        }
+        CopyRows::table(slf, TableKind::RunnerTicks)
     }
 
     #[getter]
     fn market_ticks(slf: Py<Self>) -> CopyTable {
-        CopyTable {
-            rows: slf,
-            kind: TableKind::MarketTicks,
-        }
+        CopyRows::table(slf, TableKind::MarketTicks)
     }
 
     /// Persisted windows: the `window_aggregates` table.
     #[getter]
     fn windows(slf: Py<Self>) -> CopyTable {
-        CopyTable {
-            rows: slf,
-            kind: TableKind::Windows,
-        }
+        CopyRows::table(slf, TableKind::Windows)
     }
 
     /// Closed windows of lengths that are not persisted (for in-flow detectors only).
     #[getter]
     fn live_windows(slf: Py<Self>) -> CopyTable {
-        CopyTable {
-            rows: slf,
-            kind: TableKind::LiveWindows,
-        }
+        CopyRows::table(slf, TableKind::LiveWindows)
     }
 
     /// Move another batch's rows to the end of this one's (like `SinkBatch.extend`).
@@ -532,24 +530,14 @@ impl CopyRows {
     }
 
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let state = postcard::to_allocvec(self)
-            .map_err(|error| PyValueError::new_err(format!("cannot pickle rows: {error}")))?;
-        let restore = py.import("velo_native")?.getattr("_restore_copy_rows")?;
-        PyTuple::new(
-            py,
-            [
-                restore,
-                PyTuple::new(py, [PyBytes::new(py, &state)])?.into_any(),
-            ],
-        )
+        pickle::reduce(py, self, "_restore_copy_rows", "cannot pickle rows")
     }
 }
 
 /// Rebuild pickled `CopyRows`.
 #[pyfunction]
 pub fn _restore_copy_rows(state: &[u8]) -> PyResult<CopyRows> {
-    postcard::from_bytes(state)
-        .map_err(|error| PyValueError::new_err(format!("corrupt pickled rows: {error}")))
+    pickle::from_bytes(state, "corrupt pickled rows")
 }
 
 /// One table's rows of a `CopyRows`: `rows`, `data` (binary COPY tuples) and `records()`.

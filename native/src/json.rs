@@ -14,7 +14,7 @@
 //! -0.0, so a line with a negative zero is re-read knowing which of its zeros were ints).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 
 use pyo3::prelude::*;
@@ -219,19 +219,6 @@ impl<'a> JsonRef<'a> {
         }
     }
 
-    /// The name of the Python type orjson makes of it (for the Python's error messages).
-    pub fn python_type_name(self) -> &'static str {
-        match self.nodes[0] {
-            Node::Null => "NoneType",
-            Node::Bool(_) => "bool",
-            Node::Num(Num::Float(_)) => "float",
-            Node::Num(_) => "int",
-            Node::Str(_) | Node::Key(_) => "str",
-            Node::Array { .. } => "list",
-            Node::Object { .. } => "dict",
-        }
-    }
-
     /// Python's `bool(value)`.
     pub fn is_truthy(self) -> bool {
         match self.nodes[0] {
@@ -431,6 +418,14 @@ pub fn num_to_py(py: Python<'_>, number: Num) -> PyResult<Bound<'_, PyAny>> {
         Num::UInt(value) => value.into_pyobject(py)?.into_any(),
         Num::Float(value) => value.into_pyobject(py)?.into_any(),
     })
+}
+
+/// `None` as Python's None, a number as `num_to_py` makes it.
+pub fn option_num(py: Python<'_>, value: Option<Num>) -> PyResult<Bound<'_, PyAny>> {
+    match value {
+        Some(number) => num_to_py(py, number),
+        None => Ok(py.None().into_bound(py)),
+    }
 }
 
 pub fn dump_num(number: Num, out: &mut String) {
@@ -739,7 +734,8 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
         let at = self.open();
         let keys_start = self.context.keys.borrow().len();
         let mut duplicates = false;
-        let mut index: Option<HashMap<String, ()>> = None;
+        let mut len = 0;
+        let mut index: Option<HashSet<String>> = None;
         while let Some(key) = map.next_key_seed(KeySeed {
             context: self.context,
         })? {
@@ -757,25 +753,25 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
                         keys.iter().any(|p| key_text(p) == new_key)
                     }
                     None => {
-                        let built = keys.iter().map(|p| (key_text(p).to_owned(), ())).collect();
-                        index.insert(built).contains_key(new_key)
+                        let built = keys.iter().map(|p| key_text(p).to_owned()).collect();
+                        index.insert(built).contains(new_key)
                     }
-                    Some(index) => index.contains_key(new_key),
+                    Some(index) => index.contains(new_key),
                 };
                 if let Some(index) = &mut index {
-                    index.insert(new_key.to_owned(), ());
+                    index.insert(new_key.to_owned());
                 }
             }
             let key_position = self.context.tape.borrow().len() as u32;
             self.context.keys.borrow_mut().push(key_position);
             self.push::<A::Error>(Node::Key(key))?;
             map.next_value_seed(self.nested()?)?;
+            len += 1;
         }
         self.context.keys.borrow_mut().truncate(keys_start);
         if duplicates {
-            self.collapse_duplicates(at);
+            len = self.collapse_duplicates(at);
         }
-        let len = self.entry_count(at);
         let size = self.size_from(at);
         self.context.tape.borrow_mut()[at] = Node::Object { len, size };
         Ok(())
@@ -784,8 +780,8 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
 
 impl JsonSeed<'_> {
     /// Rewrite the object that starts at `at` (the last thing on the tape) the way a Python
-    /// dict keeps repeated keys: first position, last value.
-    fn collapse_duplicates(&self, at: usize) {
+    /// dict keeps repeated keys: first position, last value. Returns its number of entries.
+    fn collapse_duplicates(&self, at: usize) -> u32 {
         let mut tape = self.context.tape.borrow_mut();
         let text = self.context.text.borrow();
         let contents = tape.split_off(at + 1);
@@ -804,20 +800,10 @@ impl JsonSeed<'_> {
             }
             rest = after;
         }
+        let len = entries.len() as u32;
         for (key, value) in entries {
             tape.push(key);
             tape.extend_from_slice(value);
-        }
-    }
-
-    /// The entries of the object at `at`, which is the last thing on the tape.
-    fn entry_count(&self, at: usize) -> u32 {
-        let tape = self.context.tape.borrow();
-        let mut rest = &tape[at + 1..];
-        let mut len = 0;
-        while !rest.is_empty() {
-            rest = &rest[1 + rest[1].size()..];
-            len += 1;
         }
         len
     }

@@ -10,6 +10,7 @@ mod copy_rows;
 mod json;
 mod market_book;
 mod number;
+mod pickle;
 mod price_ladder;
 mod processor;
 mod records;

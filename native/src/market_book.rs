@@ -237,19 +237,24 @@ impl MarketBook {
                 return Some((index, (runner.selection_id.clone(), runner.handicap)));
             }
         }
+        let (index, handicap) = self.runner_by_key(selection_id, handicap)?;
+        Some((index, (selection_id.to_owned(), handicap)))
+    }
+
+    /// The runner of an `id` and optional `hc` (added if new) and the handicap as a float;
+    /// `None` where the Python raises KeyError/TypeError/ValueError.
+    fn runner_by_key(
+        &mut self,
+        selection_id: JsonRef<'_>,
+        handicap: Option<JsonRef<'_>>,
+    ) -> Option<(usize, f64)> {
         let handicap = match handicap {
             None => 0.0,
             Some(value) => python_float(value)?,
         };
-        let id_key = IdKey::of(selection_id)?;
-        let index = self.runner_or_add(id_key, selection_id, handicap);
-        Some((index, (selection_id.to_owned(), handicap)))
-    }
-
-    fn runner_or_add(&mut self, id_key: IdKey, selection_id: JsonRef<'_>, handicap: f64) -> usize {
-        let key = runner_key(id_key, handicap);
+        let key = runner_key(IdKey::of(selection_id)?, handicap);
         if let Some(index) = key.as_ref().and_then(|key| self.index.get(key)) {
-            return *index;
+            return Some((*index, handicap));
         }
         let index = self.runners.len();
         self.runners
@@ -262,7 +267,7 @@ impl MarketBook {
                 self.plain.insert(id, index);
             }
         }
-        index
+        Some((index, handicap))
     }
 
     /// Take a market definition; `false` when part of it is invalid (skipped, the rest
@@ -341,13 +346,7 @@ impl MarketBook {
     fn runner_for_definition(&mut self, runner_definition: JsonRef<'_>) -> Option<usize> {
         runner_definition.as_object()?;
         let [selection_id, handicap] = runner_definition.get_many(["id", "hc"]);
-        let selection_id = selection_id?;
-        let handicap = match handicap {
-            None => 0.0,
-            Some(value) => python_float(value)?,
-        };
-        let id_key = IdKey::of(selection_id)?;
-        Some(self.runner_or_add(id_key, selection_id, handicap))
+        Some(self.runner_by_key(selection_id?, handicap)?.0)
     }
 
     /// (back book %, lay book %, active runners) over active runners, in runner order.

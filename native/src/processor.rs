@@ -3,18 +3,19 @@
 
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 use serde::{Deserialize, Serialize};
 
 use crate::copy_rows::{
     append_market_ticks, append_runner_ticks, append_windows, CopyRows, MarketTickRow,
     RunnerTickRow, WindowRows,
 };
-use crate::json::{num_to_py, Json, JsonRef, DUMP_MAX_DEPTH};
+use crate::json::{num_to_py, option_num, Json, JsonRef, DUMP_MAX_DEPTH};
 use crate::market_book::MarketBook;
 use crate::number::{Num, Wide};
+use crate::pickle;
 use crate::records::{classes, new_record, parse_betfair_time, UtcTime};
 use crate::route::{ChangeItem, MarketChanges};
 use crate::runner_book::Delta;
@@ -25,8 +26,6 @@ const DEAD_LETTER_CHARS: usize = 10_000;
 /// `UNSERIALISABLE_CHANGE` of `operators.market_processor`: `DeadLetter.raw` of a change
 /// nested deeper than orjson writes.
 const UNSERIALISABLE_CHANGE: &str = "<market change nested too deeply to write as JSON>";
-/// `MAX_WINDOW_SECONDS` of `operators.windows`.
-const MAX_WINDOW_SECONDS: i64 = 86_400;
 
 /// The market-wide values of a `MarketTick` (written when they change).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -108,16 +107,7 @@ impl ProcessorState {
         persisted_window_seconds: &[i64],
         keep_deltas: bool,
     ) -> PyResult<ProcessorState> {
-        if window_seconds.is_empty()
-            || window_seconds
-                .iter()
-                .any(|s| !(1..=MAX_WINDOW_SECONDS).contains(s))
-        {
-            return Err(PyValueError::new_err(format!(
-                "window lengths must be positive seconds, at most {MAX_WINDOW_SECONDS}, \
-                 got {window_seconds:?}"
-            )));
-        }
+        let windows = MarketWindows::new(window_seconds, persisted_window_seconds)?;
         let book = MarketBook::new();
         let overrounds = book.overrounds();
         Ok(ProcessorState {
@@ -127,7 +117,7 @@ impl ProcessorState {
             started: false,
             last_publish_ms: 0,
             book,
-            windows: MarketWindows::new(window_seconds, persisted_window_seconds),
+            windows,
             overrounds,
             last_market_values: None,
         })
@@ -374,7 +364,7 @@ impl ProcessorState {
             snapshot.set_item("handicap", runner.handicap)?;
             snapshot.set_item("status", runner.status.to_py(py)?)?;
             snapshot.set_item("bsp", runner.bsp.to_py(py)?)?;
-            snapshot.set_item("ltp", runner.ltp.map(|ltp| num_to_py(py, ltp)).transpose()?)?;
+            snapshot.set_item("ltp", option_num(py, runner.ltp)?)?;
             snapshot.set_item("total_matched", runner.total_matched.to_f64())?;
             snapshot.set_item("atb", ladder(&mut runner.atb.levels.iter().rev())?)?;
             snapshot.set_item("atl", ladder(&mut runner.atl.levels.iter())?)?;
@@ -562,16 +552,11 @@ impl NativeMarketProcessor {
     }
 
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let state = postcard::to_allocvec(&self.state).map_err(|error| {
-            PyValueError::new_err(format!("cannot snapshot processor: {error}"))
-        })?;
-        let restore = py.import("velo_native")?.getattr("_restore_processor")?;
-        PyTuple::new(
+        pickle::reduce(
             py,
-            [
-                restore,
-                PyTuple::new(py, [PyBytes::new(py, &state)])?.into_any(),
-            ],
+            &self.state,
+            "_restore_processor",
+            "cannot snapshot processor",
         )
     }
 
@@ -585,7 +570,6 @@ impl NativeMarketProcessor {
 /// Rebuild a pickled processor.
 #[pyfunction]
 pub fn _restore_processor(state: &[u8]) -> PyResult<NativeMarketProcessor> {
-    let state = postcard::from_bytes(state)
-        .map_err(|error| PyValueError::new_err(format!("corrupt processor snapshot: {error}")))?;
+    let state = pickle::from_bytes(state, "corrupt processor snapshot")?;
     Ok(NativeMarketProcessor { state })
 }

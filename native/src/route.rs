@@ -10,6 +10,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyString, PyTuple, PyTyp
 
 use crate::json::{self, Json, JsonRef, Node};
 use crate::number::Num;
+use crate::pickle;
 use crate::records::{classes, new_record};
 use crate::small_string::SmallString;
 
@@ -82,8 +83,7 @@ impl MarketChanges {
             .iter()
             .map(|item| (item.publish_time_ms, &item.clk, &item.change))
             .collect();
-        let state = postcard::to_allocvec(&parsed)
-            .map_err(|error| PyValueError::new_err(format!("cannot pickle changes: {error}")))?;
+        let state = pickle::to_bytes(&parsed, "cannot pickle changes")?;
         let restore = py.import("velo_native")?.getattr("_restore_changes")?;
         let arguments = (
             this.market_id.as_str(),
@@ -103,8 +103,7 @@ pub fn _restore_changes(
     positions: Vec<Py<PyAny>>,
     state: &[u8],
 ) -> PyResult<MarketChanges> {
-    let parsed: Vec<(i128, Json, Json)> = postcard::from_bytes(state)
-        .map_err(|error| PyValueError::new_err(format!("corrupt pickled changes: {error}")))?;
+    let parsed: Vec<(i128, Json, Json)> = pickle::from_bytes(state, "corrupt pickled changes")?;
     if parsed.len() != sources.len() || parsed.len() != positions.len() {
         return Err(PyValueError::new_err(
             "corrupt pickled changes: lengths differ",
@@ -138,45 +137,39 @@ enum Parsed {
 }
 
 /// `operators.stream_messages._parse`, reason for reason.
-fn parse_message(raw: &[u8]) -> PyResult<Parsed> {
+fn parse_message(raw: &[u8]) -> Parsed {
     json::with_parsed(raw, |message| {
         let Some(message) = message else {
-            return Ok(Parsed::Bad("malformed_json"));
+            return Parsed::Bad("malformed_json");
         };
         if message.as_object().is_none() {
-            return Ok(Parsed::Bad("not_an_object"));
+            return Parsed::Bad("not_an_object");
         }
         read_message(message)
     })
 }
 
-fn read_message(message: JsonRef<'_>) -> PyResult<Parsed> {
-    if let Some(op) = message.get("op") {
-        match op.node() {
-            Node::Str(_) if op.as_str() == Some("mcm") => {}
-            Node::Str(_) if CONTROL_OPS.contains(&op.as_str().unwrap_or_default()) => {
-                return Ok(Parsed::Skip)
-            }
-            _ => return Ok(Parsed::Bad("unknown_op")),
-        }
-    } else {
-        return Ok(Parsed::Bad("unknown_op"));
+fn read_message(message: JsonRef<'_>) -> Parsed {
+    match message.get("op").and_then(JsonRef::as_str) {
+        Some("mcm") => {}
+        Some(op) if CONTROL_OPS.contains(&op) => return Parsed::Skip,
+        _ => return Parsed::Bad("unknown_op"),
     }
     let publish_time_ms = match message.get("pt").map(JsonRef::node) {
         Some(Node::Num(Num::Int(pt))) => *pt as i128,
         Some(Node::Num(Num::UInt(pt))) => *pt as i128,
-        _ => return Ok(Parsed::Bad("missing_publish_time")),
+        _ => return Parsed::Bad("missing_publish_time"),
     };
     if !(MIN_PUBLISH_TIME_MS..MAX_PUBLISH_TIME_MS).contains(&publish_time_ms) {
-        return Ok(Parsed::Bad("publish_time_out_of_range"));
+        return Parsed::Bad("publish_time_out_of_range");
     }
     let heartbeat = message.get("ct").and_then(JsonRef::as_str) == Some("HEARTBEAT");
     let market_changes = match message.get("mc") {
-        None => return Ok(Parsed::Skip),
-        Some(mc) if matches!(mc.node(), Node::Null) || heartbeat => return Ok(Parsed::Skip),
+        None => return Parsed::Skip,
+        Some(mc) if matches!(mc.node(), Node::Null) || heartbeat => return Parsed::Skip,
         Some(mc) => match mc.as_list() {
             Some(items) => items,
-            None => return Ok(Parsed::Bad("malformed_market_changes")),
+            None => return Parsed::Bad("malformed_market_changes"),
         },
     };
     let clk = message.get("clk").map_or(Json::NULL, JsonRef::to_owned);
@@ -184,14 +177,14 @@ fn read_message(message: JsonRef<'_>) -> PyResult<Parsed> {
     for change in market_changes {
         match change.get("id").and_then(JsonRef::as_str) {
             Some(market_id) => changes.push((SmallString::from(market_id), change.to_owned())),
-            None => return Ok(Parsed::Bad("malformed_market_changes")),
+            None => return Parsed::Bad("malformed_market_changes"),
         }
     }
-    Ok(Parsed::Changes {
+    Parsed::Changes {
         publish_time_ms,
         clk,
         changes,
-    })
+    }
 }
 
 /// The bytes orjson would read from a line's raw value, or `None` for a type it refuses.
@@ -240,25 +233,17 @@ fn parse_chunk(
             }
         })
         .collect();
-    let parsed: Vec<Option<PyResult<Parsed>>> = py.detach(|| {
+    py.detach(|| {
         inputs
-            .iter()
+            .into_iter()
             .map(|input| match input {
-                Input::Bytes(bytes) => Some(parse_message(bytes)),
+                Input::Bytes(bytes) => Some(Ok(parse_message(&bytes))),
                 Input::Unreadable => Some(Ok(Parsed::Bad("malformed_json"))),
-                Input::BadLine | Input::Failed(_) => None,
+                Input::Failed(error) => Some(Err(error)),
+                Input::BadLine => None,
             })
             .collect()
-    });
-    // What became of each line; `None`: a `BadLine` passed on as it is.
-    inputs
-        .into_iter()
-        .zip(parsed)
-        .map(|(input, parsed)| match input {
-            Input::Failed(error) => Some(Err(error)),
-            _ => parsed,
-        })
-        .collect()
+    })
 }
 
 /// One line as handed over: a `BadLine` to pass on, bytes to parse, or why not.

@@ -1,6 +1,7 @@
 //! Event-time tumbling windows: `operators/windows.py` in Rust (same boundaries, same
 //! accumulation order, same emission order).
 
+use pyo3::exceptions::PyValueError;
 use pyo3::PyResult;
 use serde::{Deserialize, Serialize};
 
@@ -96,14 +97,26 @@ pub struct MarketWindows {
 }
 
 pub const MARKET_SELECTION_ID: i64 = 0;
+/// `MAX_WINDOW_SECONDS` of `operators.windows`.
+const MAX_WINDOW_SECONDS: i64 = 86_400;
 
 impl MarketWindows {
-    /// Lengths are de-duplicated and sorted; the caller has checked they are positive.
-    pub fn new(window_seconds: &[i64], persisted_seconds: &[i64]) -> MarketWindows {
+    /// Lengths are de-duplicated and sorted; each must be positive and at most a day.
+    pub fn new(window_seconds: &[i64], persisted_seconds: &[i64]) -> PyResult<MarketWindows> {
+        if window_seconds.is_empty()
+            || window_seconds
+                .iter()
+                .any(|s| !(1..=MAX_WINDOW_SECONDS).contains(s))
+        {
+            return Err(PyValueError::new_err(format!(
+                "window lengths must be positive seconds, at most {MAX_WINDOW_SECONDS}, \
+                 got {window_seconds:?}"
+            )));
+        }
         let mut lengths = window_seconds.to_vec();
         lengths.sort_unstable();
         lengths.dedup();
-        MarketWindows {
+        Ok(MarketWindows {
             windows: lengths
                 .into_iter()
                 .map(|seconds| Window {
@@ -116,7 +129,7 @@ impl MarketWindows {
                 })
                 .collect(),
             next_end_ms: None,
-        }
+        })
     }
 
     /// Close every window that ends at or before `publish_time_ms`.
