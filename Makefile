@@ -10,7 +10,7 @@ CARGO ?= $(shell command -v cargo || ls $(HOME)/.cargo/bin/cargo 2>/dev/null)
 NATIVE_STAMP := $(VENV)/.native-installed
 NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 
-.PHONY: demo test venv system-deps services-up services-down lint bench clean
+.PHONY: demo test venv system-deps services-up services-down lint bench model clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench: venv
 	$(VENV)/bin/pip install -q zeep==4.3.3
 	$(VENV)/bin/pip install -q --no-deps -r bench/requirements.txt
 	$(VENV)/bin/python -m bench.replay
+
+# Every model number of docs/model.md, reproduced from the HKJC files (about 15 minutes).
+HKJC ?= ../shared/data/racing/hkjc
+model: venv
+	bash scripts/reproduce-model.sh $(HKJC) .data/model-run
 
 clean:
 	rm -rf $(VENV) .data native/target

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from models.search_space import L2_GRID, VARIANTS
+from models.search_space import COMBINATION_SOURCES, L2_GRID, VARIANTS
 
 EXIT_BAD_INPUT = 2
 
@@ -129,6 +129,81 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _walk_forward_settings(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Stage-1 settings: the given options over those of `--model` (default: the promoted one).
+
+    Returns (settings, version or None); without a model every option must be given.
+    """
+    from models.registry import load_version, resolve_model_dir
+    from models.walk_forward import WalkForwardSettings
+
+    given = {
+        "variant": args.variant,
+        "fundamental_l2": args.fundamental_l2,
+        "combination_source": args.combination_source,
+        "combination_l2": args.combination_l2,
+    }
+    version = None
+    if args.model is not None or None in given.values():
+        try:
+            version = load_version(resolve_model_dir(args.model, args.root))
+        except FileNotFoundError as exc:
+            raise ValueError(
+                f"{exc}; give --variant, --fundamental-l2, --combination-source and "
+                "--combination-l2, or a trained --model"
+            ) from None
+        defaults = vars(WalkForwardSettings.of_version(version.metadata))
+        given = {key: defaults[key] if value is None else value for key, value in given.items()}
+    return WalkForwardSettings(**given), version
+
+
+def _walk_forward(args: argparse.Namespace) -> int:
+    from models.pipeline import feature_groups, load_race_set
+    from models.walk_forward import seasons, walk_forward, walk_forward_ablation
+
+    try:
+        settings, version = _walk_forward_settings(args)
+        windows = seasons(args.date_from - timedelta(days=1), args.until)
+        data = load_race_set(args.hkjc, version.model.feature_names if version else None)
+        _note(f"walking {len(windows)} seasons forward with {settings} ...")
+        result = walk_forward(data, windows, settings)
+        if args.ablation:
+            groups = version.metadata["feature_groups"] if version else feature_groups()
+            result["ablation"] = walk_forward_ablation(data, windows, settings, groups)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _note(f"velo walk-forward: {exc}")
+        return EXIT_BAD_INPUT
+    if version is not None:
+        result["model_version"] = version.version
+        valid_until = date.fromisoformat(version.metadata["data_window"]["valid_until"])
+        result["reaches_past_validation"] = args.until > valid_until
+        if result["reaches_past_validation"]:
+            _note(f"warning: the walk reaches past {valid_until}, the model's test seasons")
+    if args.json:
+        _print_json(result)
+        return 0
+    print("season                   races  market  recal.  fundam.  combined  gain")
+    for row in result["seasons"]:
+        print(
+            f"{row['from']} … {row['to']}  {row['races']:5d}  {row['market_r2']:.4f}  "
+            f"{row['market_recalibrated_r2']:.4f}  {row['fundamental_r2']:.4f}   "
+            f"{row['combined_r2']:.4f}    {row['gain']:+.4f}"
+        )
+    print(
+        f"gain over the recalibrated market {result['mean_gain']:+.5f} ± {result['se_gain']:.5f} "
+        f"({result['seasons_with_gain']}/{len(result['seasons'])} seasons); "
+        f"fundamental R² {result['mean_fundamental_r2']:.4f}"
+    )
+    for row in result.get("ablation", []):
+        print(
+            f"{row['group']}: without gain {row.get('without_mean_gain', float('nan')):+.5f} "
+            f"fundamental {row.get('without_mean_fundamental_r2', float('nan')):.4f}; alone gain "
+            f"{row.get('alone_mean_gain', float('nan')):+.5f} "
+            f"fundamental {row.get('alone_mean_fundamental_r2', float('nan')):.4f}"
+        )
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from models.registry import default_root, list_versions
 
@@ -223,6 +298,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ablation", action="store_true", help="retrain without each feature group"
     )
     evaluate.set_defaults(func=_evaluate)
+
+    walk = subparsers.add_parser(
+        "walk-forward",
+        help="Per-season gain over the market, stage 1 refitted before each season.",
+    )
+    walk.add_argument("--hkjc", type=Path, required=True, help="HKJC data directory")
+    walk.add_argument(
+        "--from", dest="date_from", type=date.fromisoformat, required=True, help="first season"
+    )
+    walk.add_argument("--until", type=date.fromisoformat, required=True, help="last season's end")
+    walk.add_argument(
+        "--model",
+        default=None,
+        help="take the stage-1 settings of this version (default: promoted)",
+    )
+    walk.add_argument("--root", type=Path, default=None, help=root_help)
+    walk.add_argument("--variant", choices=sorted(VARIANTS), default=None)
+    walk.add_argument("--fundamental-l2", type=float, default=None)
+    walk.add_argument("--combination-source", choices=COMBINATION_SOURCES, default=None)
+    walk.add_argument("--combination-l2", type=float, default=None)
+    walk.add_argument("--ablation", action="store_true", help="also without / with only each group")
+    walk.add_argument("--json", action="store_true", help="print one JSON object")
+    walk.set_defaults(func=_walk_forward)
 
     models = subparsers.add_parser("models", help="List, show and promote model versions.")
     actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)

@@ -7,5 +7,7 @@ VARIANTS = {
     "hinges": (False, True),
     "race_relative+hinges": (True, True),
 }
+# Stage-1 models stage 2 may combine with the market; see models.two_stage.
+COMBINATION_SOURCES = ("fundamental", "market_residual")
 # Stage-1 L2 strengths (penalty per race, on standardised design columns).
 L2_GRID = (30.0, 10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01, 0.001)

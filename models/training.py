@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -42,9 +42,9 @@ from models.online import (
     keep_online,
     progressive_evaluation,
 )
-from models.search_space import L2_GRID, VARIANTS
+from models.search_space import COMBINATION_SOURCES, L2_GRID, VARIANTS
 from models.segments import FloatArray
-from models.two_stage import COMBINATION_SOURCES, TwoStageModel, fit_market_residual, fit_stage2
+from models.two_stage import TwoStageModel, fit_market_residual, fit_stage2
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,6 @@ class TrainingResult:
     model: TwoStageModel
     online: OnlineResidualModel | None
     details: dict[str, Any]
-
-
-# Length of a validation fold: stage 1 is refitted on all earlier races before each fold.
-VALIDATION_FOLD_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -83,11 +79,16 @@ def split(data: RaceSet, train_until: date, valid_until: date) -> tuple[RaceSet,
     return train, valid
 
 
+def _a_year_later(day: date) -> date:
+    return day.replace(year=day.year + 1, day=28 if (day.month, day.day) == (2, 29) else day.day)
+
+
 def validation_folds(train_until: date, valid_until: date) -> list[tuple[date, date]]:
-    """(fit until, predict until) per fold: yearly steps from train_until to valid_until."""
+    """(fit until, predict until) per fold: calendar-year steps from train_until to
+    valid_until (stage 1 is refitted on all earlier races before each fold)."""
     cuts = [train_until]
-    while cuts[-1] + timedelta(days=VALIDATION_FOLD_DAYS) < valid_until:
-        cuts.append(cuts[-1] + timedelta(days=VALIDATION_FOLD_DAYS))
+    while _a_year_later(cuts[-1]) < valid_until:
+        cuts.append(_a_year_later(cuts[-1]))
     return list(zip(cuts, [*cuts[1:], valid_until], strict=True))
 
 

@@ -21,8 +21,6 @@ from models.conditional_logit import ConditionalLogitFit, fit_conditional_logit
 from models.design import Design
 from models.segments import FloatArray, RaceBlocks
 
-COMBINATION_SOURCES = ("fundamental", "market_residual")
-
 
 @dataclass(frozen=True)
 class Stage2Fit:

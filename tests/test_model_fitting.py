@@ -220,3 +220,10 @@ def test_validation_folds_walk_forward_by_year() -> None:
     assert validation_folds(date(2021, 8, 31), date(2022, 3, 1)) == [
         (date(2021, 8, 31), date(2022, 3, 1))
     ]
+    # Calendar years: a leap day inside a fold does not shift the later cuts.
+    folds = validation_folds(date(2018, 8, 31), date(2023, 8, 31))
+    assert [end for _, end in folds] == [date(y, 8, 31) for y in range(2019, 2024)]
+    assert validation_folds(date(2020, 2, 29), date(2021, 6, 1))[0] == (
+        date(2020, 2, 29),
+        date(2021, 2, 28),
+    )

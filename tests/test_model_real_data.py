@@ -100,3 +100,26 @@ def test_train_then_evaluate_on_the_next_season(hkjc_dir, tmp_path, capsys) -> N
             float(np.abs(scorer.score(season.x[block], market[block]) - reference[block]).max()),
         )
     assert worst < 1e-5
+
+
+def test_walk_forward_on_two_seasons(hkjc_dir, capsys) -> None:
+    argv = ["walk-forward", "--hkjc", str(hkjc_dir), "--from", "2019-09-01"]
+    argv += ["--until", "2021-08-31", "--variant", "linear", "--fundamental-l2", "3.0"]
+    argv += ["--combination-source", "market_residual", "--combination-l2", "3.0", "--json"]
+    assert _run_cli(argv) == 0
+    result = orjson.loads(capsys.readouterr().out)
+    data = load_race_set(hkjc_dir)
+    rows = result["seasons"]
+    assert [(row["from"], row["to"]) for row in rows] == [
+        ("2019-09-01", "2020-08-31"),
+        ("2020-09-01", "2021-08-31"),
+    ]
+    assert [row["races"] for row in rows] == [
+        data.between(date(2019, 8, 31), date(2020, 8, 31)).n_races,
+        data.between(date(2020, 8, 31), date(2021, 8, 31)).n_races,
+    ]
+    for row in rows:
+        assert 0.15 < row["market_r2"] < 0.25 and 0.05 < row["fundamental_r2"] < 0.25
+        assert row["gain"] == pytest.approx(row["combined_r2"] - row["market_recalibrated_r2"])
+        assert abs(row["gain"]) < 0.01  # the odds already hold nearly everything
+    assert "model_version" not in result  # every setting given: no model read

@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from connectors.simulator import simulate_day
+from operators import price_ladder
 from operators.market_processor import UNSERIALISABLE_CHANGE, SinkBatch, ms_to_datetime
 from operators.native_core import NATIVE, PYTHON, Operators
 from operators.stream_messages import MAX_PUBLISH_TIME_MS, MIN_PUBLISH_TIME_MS
@@ -649,6 +650,17 @@ def test_floats_read_and_write_like_orjson() -> None:
     texts += ["1" + "0" * 400 + ".0e-400", "123456789012345678901234567890", "1E2", "-0", "0.0"]
     for text in texts:
         assert velo_native.reserialize(text.encode()) == orjson.dumps(orjson.loads(text)).decode()
+
+
+def test_price_ladder_and_tick_positions_equal_python() -> None:
+    """The ladder is built in both languages; spreads and price moves rest on it being equal."""
+    assert velo_native.price_ladder() == list(price_ladder.PRICES)
+    rng = random.Random(5)
+    prices: list[float | int] = [*price_ladder.PRICES, 0.5, 1.0, 1.005, 1000.5, 5000.0, 2, 1000]
+    prices += [round(rng.uniform(1.0, 1001.0), rng.choice((2, 3, 6))) for _ in range(20_000)]
+    prices += [p + d for p in price_ladder.PRICES for d in (-1e-9, 1e-9, -1e-12, 0.001)]
+    for price in prices:
+        assert velo_native.tick_index(price) == price_ladder.tick_index(price), price
 
 
 def test_strings_and_odd_documents_read_and_write_like_orjson() -> None:

@@ -36,6 +36,29 @@ fn ms_to_datetime(py: Python<'_>, ms: i128) -> PyResult<Bound<'_, PyAny>> {
     records::UtcTime::from_ms(ms)?.to_py(py)
 }
 
+/// The price ladder and `tick_index` as the native core has them, exposed so tests can pin them
+/// to `operators.price_ladder`.
+#[pyfunction]
+#[pyo3(name = "price_ladder")]
+fn ladder_prices() -> Vec<f64> {
+    price_ladder::prices().to_vec()
+}
+
+/// A price as JSON gives it: an int or a float.
+#[derive(FromPyObject)]
+enum PyPrice {
+    Int(i64),
+    Float(f64),
+}
+
+#[pyfunction]
+fn tick_index(price: PyPrice) -> i64 {
+    price_ladder::tick_index(match price {
+        PyPrice::Int(value) => number::Num::Int(value),
+        PyPrice::Float(value) => number::Num::Float(value),
+    })
+}
+
 #[pymodule]
 fn velo_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(route::route_lines, module)?)?;
@@ -43,6 +66,8 @@ fn velo_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(processor::_restore_processor, module)?)?;
     module.add_function(wrap_pyfunction!(reserialize, module)?)?;
     module.add_function(wrap_pyfunction!(ms_to_datetime, module)?)?;
+    module.add_function(wrap_pyfunction!(ladder_prices, module)?)?;
+    module.add_function(wrap_pyfunction!(tick_index, module)?)?;
     module.add_class::<route::MarketChanges>()?;
     module.add_class::<processor::NativeMarketProcessor>()?;
     module.add_class::<copy_rows::CopyRows>()?;
