@@ -367,7 +367,14 @@ class PostgresWriter:
 
         "Written" counts inserted rows and changed upserts, so a replayed batch reports 0s.
         """
-        groups = _batch_groups(batch, self.specs)
+        return self.write_groups(self.groups(batch))
+
+    def groups(self, batch: RecordBatch) -> list[tuple[TableSpec, Any]]:
+        """This writer's tables with rows in `batch` (empty: nothing to write)."""
+        return _batch_groups(batch, self.specs)
+
+    def write_groups(self, groups: list[tuple[TableSpec, Any]]) -> dict[str, int]:
+        """`write` of what `groups` picked out of a batch."""
         if not groups:
             return {}
         attempt = 1
@@ -668,7 +675,12 @@ class ConcurrentPostgresWriter:
     def write(self, batch: RecordBatch) -> dict[str, int]:
         """Write one batch; rows written per table, plus `rejected` (as `PostgresWriter`)."""
         *own, rest = self.writers
-        pending = [self._pool.submit(writer.write, batch) for writer in own]  # {} if no rows
+        # Only writers with rows get a thread hand-off: small live batches often have none.
+        pending = [
+            self._pool.submit(writer.write_groups, groups)
+            for writer in own
+            if (groups := writer.groups(batch))
+        ]
         try:
             counts = Counter(rest.write(batch))
         finally:

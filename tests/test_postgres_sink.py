@@ -191,6 +191,19 @@ def test_the_concurrent_writer_stores_the_same_rows_once(any_database: str) -> N
         assert single.write(full_batch()) == dict.fromkeys(EXPECTED_COUNTS, 0)
 
 
+def test_the_concurrent_writer_hands_off_only_tables_with_rows(any_database: str) -> None:
+    with ConcurrentPostgresWriter(any_database) as writer:
+        submitted = []
+        submit = writer._pool.submit
+        writer._pool.submit = lambda *call: submitted.append(call) or submit(*call)  # type: ignore[method-assign]
+        assert writer.write(TableBatch(markets=[market()])) == {"markets": 1}
+        assert submitted == []  # runner ticks and windows have their own connections
+        assert writer.write(TableBatch(runner_ticks=[tick(0, 101)])) == {"runner_ticks": 1}
+        assert len(submitted) == 1
+        assert writer.write(full_batch())["window_aggregates"] == 3
+        assert len(submitted) == 3
+
+
 def test_a_writer_limited_to_some_tables_leaves_the_others(any_database: str) -> None:
     with PostgresWriter(any_database, tables=["runner_ticks"]) as ticks_only:
         assert ticks_only.write(full_batch()) == {"runner_ticks": 32}
