@@ -9,6 +9,7 @@ honestly are dropped and counted by reason (never silently): a runner without us
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -87,6 +88,28 @@ class RaceSet:
         if self.n_races == 0:
             return None
         return str(self.race_dates.min()), str(self.race_dates.max())
+
+
+def group_ablations(
+    data: RaceSet, groups: Mapping[str, Sequence[str]]
+) -> Iterator[tuple[str, int, list[tuple[str, tuple[str, ...]]]]]:
+    """Per feature group with columns in `data`: (group, its column count, [(label, removed)]),
+    removing the group ("without") or every other column ("alone"), unless nothing would be left.
+    """
+    for group, columns in groups.items():
+        present = tuple(c for c in columns if c in data.feature_names)
+        if not present:
+            continue
+        others = tuple(c for c in data.feature_names if c not in present)
+        yield (
+            group,
+            len(present),
+            [
+                (label, removed)
+                for label, removed in (("without", present), ("alone", others))
+                if len(removed) < len(data.feature_names)
+            ],
+        )
 
 
 def race_set_from_frame(frame: pl.DataFrame, feature_names: tuple[str, ...]) -> RaceSet:

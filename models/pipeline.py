@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from models.dataset import RaceSet, race_set_from_frame
+from models.dataset import RaceSet, group_ablations, race_set_from_frame
 from models.evaluation import Evaluation, evaluate, period_metrics
 from models.registry import ModelVersion, load_version, new_version_name, save_version
 from models.registry.store import sha256_of_files
@@ -158,18 +158,11 @@ def ablation_table(version: ModelVersion, data: RaceSet, window: RaceSet) -> lis
     valid_until = date.fromisoformat(version.metadata["data_window"]["valid_until"])
     full = period_metrics(version.model, window)
     rows = []
-    for group, columns in version.metadata["feature_groups"].items():
-        present = tuple(c for c in columns if c in data.feature_names)
-        if not present:
-            continue
-        others = tuple(c for c in data.feature_names if c not in present)
-        row: dict[str, Any] = {"group": group, "features": len(present)}
-        for label, removed in (("without", present), ("alone", others)):
-            reduced = data.without_features(removed)
-            if not reduced.feature_names:
-                continue
+    for group, features, subsets in group_ablations(data, version.metadata["feature_groups"]):
+        row: dict[str, Any] = {"group": group, "features": features}
+        for label, removed in subsets:
             retrained = train_two_stage(
-                reduced,
+                data.without_features(removed),
                 train_until,
                 valid_until,
                 l2_grid=tuple({version.model.fundamental_l2, version.model.combination_l2}),

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from models.dataset import RaceSet
+from models.dataset import RaceSet, group_ablations
 from models.design import Design
 from models.metrics import pseudo_r2
 from models.search_space import COMBINATION_SOURCES, VARIANTS
@@ -163,15 +163,9 @@ def walk_forward_ablation(
 ) -> list[dict[str, Any]]:
     """The walk-forward run without each feature group, and with it alone."""
     rows = []
-    for group, columns in groups.items():
-        present = tuple(c for c in columns if c in data.feature_names)
-        if not present:
-            continue
-        others = tuple(c for c in data.feature_names if c not in present)
-        row: dict[str, Any] = {"group": group, "features": len(present)}
-        for label, removed in (("without", present), ("alone", others)):
-            if len(removed) == len(data.feature_names):
-                continue
+    for group, features, subsets in group_ablations(data, groups):
+        row: dict[str, Any] = {"group": group, "features": features}
+        for label, removed in subsets:
             result = walk_forward(data.without_features(removed), windows, settings)
             row[f"{label}_mean_gain"] = result["mean_gain"]
             row[f"{label}_mean_fundamental_r2"] = result["mean_fundamental_r2"]
