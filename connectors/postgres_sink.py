@@ -159,7 +159,13 @@ TABLES: tuple[TableSpec, ...] = (
         upsert_guard="(EXCLUDED.version, EXCLUDED.last_publish_time)"
         " >= (markets.version, markets.last_publish_time)",
     ),
-    TableSpec("runners", "runners", RunnerRow, key=("market_id", "selection_id"), upsert_order=()),
+    TableSpec(
+        "runners",
+        "runners",
+        RunnerRow,
+        key=("market_id", "selection_id", "handicap"),
+        upsert_order=(),
+    ),
     TableSpec(
         "runner_ticks",
         "runner_ticks",

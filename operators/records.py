@@ -34,7 +34,7 @@ class MarketRow(NamedTuple):
 
 
 class RunnerRow(NamedTuple):
-    """Latest runner definition. Key: (market_id, selection_id), upsert."""
+    """Latest runner definition. Key: (market_id, selection_id, handicap), upsert."""
 
     market_id: str
     selection_id: int

@@ -328,6 +328,15 @@ def test_runners_and_results_latest_write_wins(writer: PostgresWriter) -> None:
     assert dump_table(writer.url, "results") == [("1.2001", 101, 0.0, "WINNER", 3.2, settled)]
 
 
+def test_each_handicap_line_of_a_selection_is_a_runner_of_its_own(writer: PostgresWriter) -> None:
+    """Asian handicap markets list a selection once per line, each with its own definition."""
+    lines = [runner(101, handicap=h, sort_priority=i) for i, h in enumerate((-0.5, 0.0, 0.25))]
+    assert writer.write(TableBatch(runners=lines)) == {"runners": 3}
+    removed = lines[1]._replace(status="REMOVED")
+    assert writer.write(TableBatch(runners=[removed])) == {"runners": 1}
+    assert dump_table(writer.url, "runners") == sorted([lines[0], removed, lines[2]])
+
+
 def test_monthly_partitions_are_created_for_the_months_seen(writer: PostgresWriter) -> None:
     writer.write(full_batch())
     assert _partitions(writer.url, "runner_ticks") == {

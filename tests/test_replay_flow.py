@@ -83,6 +83,25 @@ def test_every_horse_racing_file_replays_with_results(
 
 
 @pytest.mark.data
+def test_every_handicap_line_of_an_asian_handicap_market_is_stored(
+    betfair_dir: Path, scratch_database_factory, tmp_path: Path
+) -> None:
+    """The football recording's Asian handicap markets list selections at several lines."""
+    (path,) = _copy(betfair_dir, ["1.242971311.bz2"], tmp_path / "files")
+    latest = {}
+    for line in bz2.decompress(path.read_bytes()).splitlines():
+        for change in orjson.loads(line).get("mc", []):
+            for runner in (change.get("marketDefinition") or {}).get("runners", []):
+                key = (change["id"], runner["id"], float(runner.get("hc", 0.0)))
+                latest[key] = (runner.get("sortPriority"), runner["status"])
+    assert len(latest) > len({(market, selection) for market, selection, _ in latest})
+    database = scratch_database_factory()
+    replay([path], database)
+    stored = dump_table(database, "runners")
+    assert {(m, s, h): (priority, status) for m, s, h, _, priority, status, *_ in stored} == latest
+
+
+@pytest.mark.data
 def test_replay_twice_and_two_workers_give_identical_rows(
     betfair_dir: Path, scratch_database_factory, tmp_path: Path
 ) -> None:

@@ -35,12 +35,13 @@ def _columns(url: str, table: str) -> list[tuple[str, str, str]]:
 
 def test_every_version_has_both_paths_or_one_common_file() -> None:
     plain, timescale = load_migrations(PLAIN), load_migrations(TIMESCALE)
-    assert [m.version for m in plain] == [m.version for m in timescale] == [1, 2, 3, 4]
+    assert [m.version for m in plain] == [m.version for m in timescale] == [1, 2, 3, 4, 5]
     assert [m.label for m in plain] == [
         "0001_core",
         "0002_timeseries.plain",
         "0003_runner_ohlc_1m.plain",
         "0004_predictions",
+        "0005_runners_by_handicap",
     ]
     assert plain[0].sql == timescale[0].sql
     assert "create_hypertable" in render_sql(TIMESCALE)
@@ -51,7 +52,7 @@ def test_upgrade_creates_the_schema_once(any_database: str) -> None:
     first = upgrade(any_database)
     assert first.flavour == PLAIN
     assert "timescaledb" in first.reason
-    assert [m.version for m in first.applied] == [1, 2, 3, 4]
+    assert [m.version for m in first.applied] == [1, 2, 3, 4, 5]
 
     second = upgrade(any_database)
     assert second.flavour == PLAIN
@@ -61,7 +62,7 @@ def test_upgrade_creates_the_schema_once(any_database: str) -> None:
     status = migration_status(any_database)
     assert status.flavour == PLAIN
     assert status.pending == []
-    assert [a.version for a in status.applied] == [1, 2, 3, 4]
+    assert [a.version for a in status.applied] == [1, 2, 3, 4, 5]
 
 
 def test_table_columns_follow_record_fields(any_database: str) -> None:
@@ -100,9 +101,9 @@ def test_concurrent_upgrades_apply_each_migration_once(
         thread.join(timeout=60)
     assert errors == []
     applied = sorted(m.version for report in reports for m in report.applied)
-    assert applied == [1, 2, 3, 4]
+    assert applied == [1, 2, 3, 4, 5]
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (4,)
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (5,)
 
 
 def test_edited_migration_is_refused(scratch_database_factory: Callable[[], str]) -> None:
@@ -127,7 +128,7 @@ def test_status_of_an_empty_database_changes_nothing(
     url = scratch_database_factory()
     status = migration_status(url)
     assert status.flavour is None
-    assert [m.version for m in status.pending] == [1, 2, 3, 4]
+    assert [m.version for m in status.pending] == [1, 2, 3, 4, 5]
     assert status.reason.startswith("would use plain")
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
@@ -183,7 +184,7 @@ def test_velo_db_commands(
     assert "applied: nothing, already up to date" in capsys.readouterr().out
 
     assert _run_cli(["db", "status", "--db", url]) == 0
-    assert "applied  0004_predictions" in capsys.readouterr().out
+    assert "applied  0005_runners_by_handicap" in capsys.readouterr().out
 
     assert _run_cli(["db", "refresh", "--db", url]) == 0
     assert "runner_ohlc_1m refreshed" in capsys.readouterr().out
