@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from models.search_space import COMBINATION_SOURCES, L2_GRID, VARIANTS
+from models.search_space import COMBINATION_SOURCES, L2_GRID, PLACE_WEIGHTS, VARIANTS
 
 EXIT_BAD_INPUT = 2
 
@@ -54,6 +54,7 @@ def _train(args: argparse.Namespace) -> int:
             groups=feature_groups(),
             l2_grid=tuple(args.l2_grid),
             variants=tuple(args.variants),
+            place_weights=tuple(args.place_weights),
         )
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         _note(f"velo train: {exc}")
@@ -132,7 +133,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _walk_forward_settings(args: argparse.Namespace) -> tuple[Any, Any]:
     """Stage-1 settings: the given options over those of `--model` (default: the promoted one).
 
-    Returns (settings, version or None); without a model every option must be given.
+    Returns (settings, version or None). Without a model, every option but `--place-weights`
+    (default: those `velo train` uses) must be given.
     """
     from models.registry import load_version, resolve_model_dir
     from models.walk_forward import WalkForwardSettings
@@ -144,7 +146,9 @@ def _walk_forward_settings(args: argparse.Namespace) -> tuple[Any, Any]:
         "combination_l2": args.combination_l2,
     }
     version = None
-    if args.model is not None or None in given.values():
+    needs_model = args.model is not None or None in given.values()
+    given["place_weights"] = None if args.place_weights is None else tuple(args.place_weights)
+    if needs_model:
         try:
             version = load_version(resolve_model_dir(args.model, args.root))
         except FileNotFoundError as exc:
@@ -154,7 +158,7 @@ def _walk_forward_settings(args: argparse.Namespace) -> tuple[Any, Any]:
             ) from None
         defaults = vars(WalkForwardSettings.of_version(version.metadata))
         given = {key: defaults[key] if value is None else value for key, value in given.items()}
-    return WalkForwardSettings(**given), version
+    return WalkForwardSettings(**{k: v for k, v in given.items() if v is not None}), version
 
 
 def _walk_forward(args: argparse.Namespace) -> int:
@@ -275,6 +279,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=L2_GRID,
         help="L2 strengths to search (stage 1)",
     )
+    train.add_argument(
+        "--place-weights",
+        nargs="+",
+        type=float,
+        default=PLACE_WEIGHTS,
+        help="stage-1 weights of the win, 2nd, 3rd ... place (one value: the win alone)",
+    )
     train.add_argument("--root", type=Path, default=None, help=root_help)
     train.add_argument("--promote", action="store_true", help="promote the new version")
     train.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -318,6 +329,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     walk.add_argument("--fundamental-l2", type=float, default=None)
     walk.add_argument("--combination-source", choices=COMBINATION_SOURCES, default=None)
     walk.add_argument("--combination-l2", type=float, default=None)
+    walk.add_argument("--place-weights", nargs="+", type=float, default=None)
     walk.add_argument("--ablation", action="store_true", help="also without / with only each group")
     walk.add_argument("--json", action="store_true", help="print one JSON object")
     walk.set_defaults(func=_walk_forward)

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import polars as pl
 
-from models.segments import FloatArray, RaceBlocks
+from models.segments import FloatArray, IntArray, RaceBlocks
 
 REQUIRED_COLUMNS = ("race_id", "race_date", "runner_id", "won", "win_odds")
 RESULT_TOLERANCE = 1e-6
@@ -35,6 +35,7 @@ class RaceSet:
     x: FloatArray
     won: FloatArray
     win_odds: FloatArray
+    places: FloatArray  # finishing position; NaN when unknown or not finished
     dropped: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -57,6 +58,7 @@ class RaceSet:
             x=self.x[runner_mask],
             won=self.won[runner_mask],
             win_odds=self.win_odds[runner_mask],
+            places=self.places[runner_mask],
             dropped=dict(self.dropped),
         )
 
@@ -81,6 +83,7 @@ class RaceSet:
             x=self.x[:, keep],
             won=self.won,
             win_odds=self.win_odds,
+            places=self.places,
             dropped=dict(self.dropped),
         )
 
@@ -88,6 +91,45 @@ class RaceSet:
         if self.n_races == 0:
             return None
         return str(self.race_dates.min()), str(self.race_dates.max())
+
+
+@dataclass(frozen=True)
+class PlacingRaces:
+    """Stage-1 fitting rows: every race's win, then each later place among the runners not
+    placed before it (the rank-ordered, or "exploded", logit). `index` is each row's runner;
+    `y` its share of the place (dead heats split it) times the place's weight."""
+
+    index: IntArray
+    y: FloatArray
+    races: RaceBlocks
+
+
+def placing_races(data: RaceSet, place_weights: Sequence[float]) -> PlacingRaces:
+    """Race k (k ≥ 2, weight place_weights[k-1]) is the k-th place among the runners placed
+    k-th or later or not placed at all; a race without a k-th place (a dead heat above it)
+    or with fewer than two such runners adds nothing. With one weight, only the win is fitted.
+    """
+    if not place_weights or any(not weight > 0 for weight in place_weights):
+        raise ValueError(f"place weights must be positive, got {list(place_weights)}")
+    races = data.races
+    indexes = [np.arange(races.n_runners)]
+    targets = [data.won * place_weights[0]]
+    race_keys = [races.index]
+    unplaced = np.isnan(data.places)
+    for place, weight in enumerate(place_weights[1:], start=2):
+        eligible = unplaced | (data.places >= place)
+        placed = (data.places == place).astype(np.float64)
+        per_race = races.sum(placed)[races.index]
+        eligible_per_race = races.sum(eligible.astype(np.float64))[races.index]
+        keep = eligible & (per_race > 0) & (eligible_per_race >= 2)
+        indexes.append(np.flatnonzero(keep))
+        targets.append((placed / np.maximum(per_race, 1.0) * weight)[keep])
+        race_keys.append(races.index[keep] + (place - 1) * races.n_races)
+    return PlacingRaces(
+        index=np.concatenate(indexes),
+        y=np.concatenate(targets),
+        races=RaceBlocks.from_keys(np.concatenate(race_keys)),
+    )
 
 
 def group_ablations(
@@ -126,6 +168,11 @@ def race_set_from_frame(frame: pl.DataFrame, feature_names: tuple[str, ...]) -> 
         pl.col("runner_id").cast(pl.String),
         pl.col("won").cast(pl.Float64),
         pl.col("win_odds").cast(pl.Float64, strict=False),
+        (
+            pl.col("finish_position").cast(pl.Float64, strict=False)
+            if "finish_position" in frame.columns
+            else pl.when(pl.col("won") > 0).then(1.0).otherwise(None)
+        ).alias("place"),
         *features,
     ).sort([*order, "runner_id"], maintain_order=True)
 
@@ -173,5 +220,6 @@ def race_set_from_frame(frame: pl.DataFrame, feature_names: tuple[str, ...]) -> 
         else np.zeros((frame.height, 0)),
         won=frame["won"].to_numpy().astype(np.float64),
         win_odds=frame["win_odds"].to_numpy().astype(np.float64),
+        places=frame["place"].fill_null(np.nan).to_numpy().astype(np.float64),
         dropped=dict(sorted(dropped.items())),
     )

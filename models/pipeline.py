@@ -16,7 +16,7 @@ from models.dataset import RaceSet, group_ablations, race_set_from_frame
 from models.evaluation import Evaluation, evaluate, period_metrics
 from models.registry import ModelVersion, load_version, new_version_name, save_version
 from models.registry.store import sha256_of_files
-from models.search_space import L2_GRID, VARIANTS
+from models.search_space import L2_GRID, PLACE_WEIGHTS, VARIANTS
 from models.training import train_two_stage, training_data_hash
 
 FEATURES_PACKAGE = Path(__file__).resolve().parent / "features"
@@ -78,12 +78,20 @@ def train_and_save(
     groups: dict[str, tuple[str, ...]],
     l2_grid: tuple[float, ...] = L2_GRID,
     variants: tuple[str, ...] = tuple(VARIANTS),
+    place_weights: tuple[float, ...] = PLACE_WEIGHTS,
 ) -> ModelVersion:
     """Train, then write the version directory (default `<registry_root>/<version>`).
 
     `groups` maps feature groups to their columns; it is stored for the ablation report.
     """
-    result = train_two_stage(data, train_until, valid_until, l2_grid=l2_grid, variants=variants)
+    result = train_two_stage(
+        data,
+        train_until,
+        valid_until,
+        l2_grid=l2_grid,
+        variants=variants,
+        place_weights=place_weights,
+    )
     data_hash = training_data_hash(data.between(None, valid_until))
     out_dir = out_dir if out_dir is not None else registry_root / new_version_name(data_hash)
     metadata: dict[str, Any] = {
@@ -169,6 +177,7 @@ def ablation_table(version: ModelVersion, data: RaceSet, window: RaceSet) -> lis
                 variants=(version.model.design.variant,),
                 sources=(version.model.combination_source,),
                 with_online=False,
+                place_weights=tuple(version.metadata["stage1"].get("place_weights", (1.0,))),
             )
             metrics = period_metrics(retrained.model, window.without_features(removed))
             row[f"{label}_fundamental_r2"] = metrics["fundamental_r2"]

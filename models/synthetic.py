@@ -42,6 +42,7 @@ def synthetic_training_frame(
     utility = standard @ weights
 
     won = np.zeros(n)
+    place = np.full(n, np.nan)  # the first two of a Plackett–Luce draw; the rest unplaced
     market = np.zeros(n)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
     for s, size in zip(starts, sizes, strict=True):
@@ -51,8 +52,10 @@ def synthetic_training_frame(
         order = rng.choice(size, size=2, replace=False, p=p)
         if rng.random() < dead_heat_share:
             won[s + order[0]] = won[s + order[1]] = 0.5
+            place[s + order] = 1.0
         else:
             won[s + order[0]] = 1.0
+            place[s + order] = (1.0, 2.0)
         seen = market_exponent * (utility[block] + rng.normal(0.0, market_noise, size=size))
         q = np.exp(seen - seen.max())
         market[block] = q / q.sum()
@@ -66,7 +69,7 @@ def synthetic_training_frame(
             "runner_id": [f"H{i:07d}" for i in range(n)],
             "won": won,
             "win_odds": odds,
-            "finish_position": np.where(won > 0, 1, 2),
+            "finish_position": place,
             **{name: x[:, k] for k, name in enumerate(names)},
         }
     )

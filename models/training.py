@@ -14,6 +14,9 @@ L2 giving the best fundamental validation log loss. Finally both stage-1 models 
 with the chosen settings on all races up to `valid_until` (walk-forward runs on the training
 and validation seasons showed a model fitted on the latest seasons adds about twice as much
 over the market as one frozen two years earlier), keeping the validation α and β.
+
+Every stage-1 fit uses each race's win and its weighted later places (`PLACE_WEIGHTS`,
+models.dataset.placing_races); scoring is always the win softmax.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from models.conditional_logit import fit_conditional_logit
-from models.dataset import RaceSet
+from models.dataset import RaceSet, placing_races
 from models.design import Design
 from models.evaluation import (
     PeriodPredictions,
@@ -42,8 +45,8 @@ from models.online import (
     keep_online,
     progressive_evaluation,
 )
-from models.search_space import COMBINATION_SOURCES, L2_GRID, VARIANTS
-from models.segments import FloatArray
+from models.search_space import COMBINATION_SOURCES, L2_GRID, PLACE_WEIGHTS, VARIANTS
+from models.segments import FloatArray, RaceBlocks
 from models.two_stage import TwoStageModel, fit_market_residual, fit_stage2
 
 
@@ -92,18 +95,35 @@ def validation_folds(train_until: date, valid_until: date) -> list[tuple[date, d
     return list(zip(cuts, [*cuts[1:], valid_until], strict=True))
 
 
+@dataclass(frozen=True)
+class Stage1Rows:
+    """What stage 1 is fitted on: design rows, market probabilities, targets, race blocks."""
+
+    x: FloatArray
+    market: FloatArray
+    y: FloatArray
+    races: RaceBlocks
+
+    @classmethod
+    def of(cls, x: FloatArray, data: RaceSet, place_weights: tuple[float, ...]) -> Stage1Rows:
+        """The win and the weighted later places of `data`'s races (models.dataset)."""
+        placings = placing_races(data, place_weights)
+        return cls(
+            x=x[placings.index],
+            market=data.market_probabilities()[placings.index],
+            y=placings.y,
+            races=placings.races,
+        )
+
+
 def fit_stage1(
-    source: str,
-    x: FloatArray,
-    data: RaceSet,
-    l2: float,
-    initial: FloatArray | None = None,
+    source: str, rows: Stage1Rows, l2: float, initial: FloatArray | None = None
 ) -> FloatArray:
     """Weights of the fundamental (features only) or market-residual stage-1 model."""
     if source == "fundamental":
-        return fit_conditional_logit(x, data.won, data.races, l2=l2, initial=initial).weights
+        return fit_conditional_logit(rows.x, rows.y, rows.races, l2=l2, initial=initial).weights
     weights, _, _ = fit_market_residual(
-        x, data.market_probabilities(), data.won, data.races, l2, initial=initial
+        rows.x, rows.market, rows.y, rows.races, l2, initial=initial
     )
     return weights
 
@@ -115,6 +135,7 @@ def _candidates_for_variant(
     folds: list[tuple[date, date]],
     l2_grid: tuple[float, ...],
     sources: tuple[str, ...],
+    place_weights: tuple[float, ...],
 ) -> list[_Candidate]:
     """Walk the validation folds for every source and L2 (each fold's L2 path warm-started)."""
     race_relative, hinges = VARIANTS[variant]
@@ -133,12 +154,12 @@ def _candidates_for_variant(
             race_relative=race_relative,
             hinges=hinges,
         )
-        x_fit = design.transform(fit_part.x, fit_part.races)
+        rows = Stage1Rows.of(design.transform(fit_part.x, fit_part.races), fit_part, place_weights)
         x_fold = design.transform(fold.x, fold.races)
         for source in wanted:
             weights = None
             for l2 in l2s:
-                weights = fit_stage1(source, x_fit, fit_part, l2, initial=weights)
+                weights = fit_stage1(source, rows, l2, initial=weights)
                 log_s[(source, l2)].append(fold.races.log_softmax(x_fold @ weights))
     market_valid = valid.market_probabilities()
     candidates = []
@@ -172,6 +193,7 @@ def train_two_stage(
     variants: tuple[str, ...] = tuple(VARIANTS),
     sources: tuple[str, ...] = COMBINATION_SOURCES,
     with_online: bool = True,
+    place_weights: tuple[float, ...] = PLACE_WEIGHTS,
 ) -> TrainingResult:
     """Fit the model on `data` split by time; see the module docstring."""
     if not l2_grid or not variants or not sources:
@@ -183,7 +205,9 @@ def train_two_stage(
     folds = validation_folds(train_until, valid_until)
     candidates: list[_Candidate] = []
     for variant in variants:
-        candidates += _candidates_for_variant(variant, data, valid, folds, l2_grid, sources)
+        candidates += _candidates_for_variant(
+            variant, data, valid, folds, l2_grid, sources, place_weights
+        )
 
     combination = min(
         (c for c in candidates if c.source in sources), key=lambda c: c.valid_log_loss_combined
@@ -197,13 +221,13 @@ def train_two_stage(
     design = Design.fit(
         data.feature_names, fitted.x, fitted.races, race_relative=race_relative, hinges=hinges
     )
-    x_fitted = design.transform(fitted.x, fitted.races)
+    rows = Stage1Rows.of(design.transform(fitted.x, fitted.races), fitted, place_weights)
     model = TwoStageModel(
         design=design,
-        fundamental_weights=fit_stage1("fundamental", x_fitted, fitted, fundamental.l2),
+        fundamental_weights=fit_stage1("fundamental", rows, fundamental.l2),
         fundamental_l2=fundamental.l2,
         combination_source=combination.source,
-        combination_weights=fit_stage1(combination.source, x_fitted, fitted, combination.l2),
+        combination_weights=fit_stage1(combination.source, rows, combination.l2),
         combination_l2=combination.l2,
         alpha=combination.alpha,
         beta=combination.beta,
@@ -237,6 +261,7 @@ def train_two_stage(
             "variant": combination.variant,
             "fitted_until": valid_until.isoformat(),
             "fitted_races": fitted.n_races,
+            "place_weights": list(place_weights),
             "fundamental_l2": fundamental.l2,
             "fundamental_weights": dict(
                 zip(columns, model.fundamental_weights.tolist(), strict=True)
@@ -306,6 +331,7 @@ def training_data_hash(data: RaceSet) -> str:
         np.ascontiguousarray(data.x),
         data.won,
         data.win_odds,
+        data.places,
     ):
         digest.update(np.ascontiguousarray(array).tobytes())
     digest.update(",".join(data.feature_names).encode())

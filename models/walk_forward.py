@@ -5,7 +5,8 @@ measurement those choices rest on, so that its numbers (docs/model.md) come from
 (`velo walk-forward`) instead of a notebook.
 
 For each season, stage 1 (one design variant, the fundamental model f and the combination's
-stage-1 model s with their L2s) is fitted on every race before the season and predicts it.
+stage-1 model s with their L2s and place weights) is fitted on every race before the season
+and predicts it.
 Stage 2 for a season is fitted on the *other* seasons' predictions, so α, β and the
 recalibrated market's β are out of sample as well. The gain of a season is
 combined R² − recalibrated-market R²: what the features add beyond correcting the market's
@@ -24,9 +25,9 @@ import numpy as np
 from models.dataset import RaceSet, group_ablations
 from models.design import Design
 from models.metrics import pseudo_r2
-from models.search_space import COMBINATION_SOURCES, VARIANTS
+from models.search_space import COMBINATION_SOURCES, PLACE_WEIGHTS, VARIANTS
 from models.segments import FloatArray, RaceBlocks
-from models.training import fit_stage1, validation_folds
+from models.training import Stage1Rows, fit_stage1, validation_folds
 from models.two_stage import fit_stage2
 
 
@@ -38,6 +39,7 @@ class WalkForwardSettings:
     fundamental_l2: float
     combination_source: str
     combination_l2: float
+    place_weights: tuple[float, ...] = PLACE_WEIGHTS
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -46,6 +48,8 @@ class WalkForwardSettings:
             raise ValueError(f"unknown combination source {self.combination_source!r}")
         if self.fundamental_l2 < 0 or self.combination_l2 < 0:
             raise ValueError("L2 strengths must be ≥ 0")
+        if not self.place_weights or min(self.place_weights) <= 0:
+            raise ValueError("place weights must be positive")
 
     @classmethod
     def of_version(cls, metadata: Mapping[str, Any]) -> WalkForwardSettings:
@@ -55,6 +59,8 @@ class WalkForwardSettings:
             fundamental_l2=float(stage1["fundamental_l2"]),
             combination_source=stage1["combination_source"],
             combination_l2=float(stage1["combination_l2"]),
+            # Versions from before place weights were fitted on the win alone.
+            place_weights=tuple(stage1.get("place_weights", (1.0,))),
         )
 
 
@@ -86,10 +92,12 @@ def _predict_seasons(
         design = Design.fit(
             data.feature_names, fitted.x, fitted.races, race_relative=race_relative, hinges=hinges
         )
-        x_fitted = design.transform(fitted.x, fitted.races)
+        rows = Stage1Rows.of(
+            design.transform(fitted.x, fitted.races), fitted, settings.place_weights
+        )
         x_season = design.transform(season.x, season.races)
         log_probs = [
-            season.races.log_softmax(x_season @ fit_stage1(source, x_fitted, fitted, l2))
+            season.races.log_softmax(x_season @ fit_stage1(source, rows, l2))
             for source, l2 in (
                 ("fundamental", settings.fundamental_l2),
                 (settings.combination_source, settings.combination_l2),

@@ -23,7 +23,7 @@ from pathlib import Path
 out = Path(sys.argv[1])
 test = json.loads((out / "test.json").read_text())
 walk = json.loads((out / "walk-forward.json").read_text())
-print(f"model {test['model_version']}: test {test['from']} … {test['to']}, {test['races']} races")
+print(f"version {test['model_version']}: test {test['from']} … {test['to']}, {test['races']} races")
 for key in ("market_r2", "market_recalibrated_r2", "fundamental_r2", "combined_r2", "delta_r2",
             "delta_r2_vs_recalibrated", "auc", "roi"):
     print(f"  {key:26s} {test[key]:+.5f}")
