@@ -52,7 +52,7 @@ bench: venv
 	$(VENV)/bin/pip install -q --no-deps -r bench/requirements.txt
 	$(VENV)/bin/python -m bench.replay
 
-# Every model number of docs/model.md, reproduced from the HKJC files (about 40 minutes).
+# Every model number of docs/model.md, reproduced from the HKJC files (about 30 minutes).
 HKJC ?= ../shared/data/racing/hkjc
 model: venv
 	bash scripts/reproduce-model.sh $(HKJC) .data/model-run

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every model number of docs/model.md from the HKJC files, in one run (about 40 minutes):
+# Every model number of docs/model.md from the HKJC files, in one run (about 30 minutes):
 # train on seasons before 2023-09 (choices on 2021-09 … 2023-08), evaluate that version once on
 # the test seasons with the ablation, and walk forward over 2018-09 … 2023-08, the seasons the
 # choices were made on. Writes train.json, test.json, walk-forward.json, the report and the
