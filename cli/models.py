@@ -6,11 +6,15 @@ import argparse
 import sys
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from models.search_space import COMBINATION_SOURCES, L2_GRID, PLACE_WEIGHTS, VARIANTS
+
+if TYPE_CHECKING:
+    from models.registry import ModelVersion
+    from models.walk_forward import WalkForwardSettings
 
 EXIT_BAD_INPUT = 2
 
@@ -130,7 +134,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _walk_forward_settings(args: argparse.Namespace) -> tuple[Any, Any]:
+def _walk_forward_settings(
+    args: argparse.Namespace,
+) -> tuple[WalkForwardSettings, ModelVersion | None]:
     """Stage-1 settings: the given options over those of `--model` (default: the promoted one).
 
     Returns (settings, version or None). Without a model, every option but `--place-weights`

@@ -6,10 +6,9 @@ measurement those choices rest on, so that its numbers (docs/model.md) come from
 
 For each season, stage 1 (one design variant, the fundamental model f and the combination's
 stage-1 model s with their L2s and place weights) is fitted on every race before the season
-and predicts it.
-Stage 2 for a season is fitted on the *other* seasons' predictions, so α, β and the
-recalibrated market's β are out of sample as well. The gain of a season is
-combined R² − recalibrated-market R²: what the features add beyond correcting the market's
+and predicts it. Stage 2 for a season is fitted on the *other* seasons' predictions, so α, β
+and the recalibrated market's β are out of sample as well. The gain of a season is combined
+R² − recalibrated-market R²: what the features add beyond correcting the market's
 favourite–longshot bias.
 """
 
