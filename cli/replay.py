@@ -119,8 +119,13 @@ def replay(
 
 
 def print_summary(summary: RunSummary, console: Console) -> None:
+    """The run's summary, or, in a process of a multi-process run that did not collect it,
+    where it is (instead of a table of zeros)."""
+    if not summary.collected_here:
+        console.print("summary: printed by the process of this run that collected it")
+        return
     data = summary.as_dict()
-    table = Table(title="replay summary", show_header=False)
+    table = Table(title="run summary", show_header=False)
     for key in ("lines", "messages", "markets", "runners", "bad_lines", "seconds"):
         table.add_row(
             key.replace("_", " "), f"{data[key]:,}" if key != "seconds" else str(data[key])

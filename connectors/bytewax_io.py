@@ -179,6 +179,8 @@ class RunSummary:
     dead_letters: Counter = field(default_factory=Counter)
     started: float = field(default_factory=time.perf_counter)
     seconds: float = 0.0
+    # The summary is one partition: of a run's processes, only the one holding it counts.
+    collected_here: bool = False
 
     def add(self, batch: SinkBatch) -> None:
         self.lines += batch.lines
@@ -244,4 +246,5 @@ class SummarySink(_SinglePartitionSink):
         self._path = path
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SummaryPartition:
+        self._summary.collected_here = True
         return _SummaryPartition(self._summary, self._on_update, self._path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -113,6 +114,33 @@ def test_worker_from_kafka_equals_replay(
         assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
     snapshot = [orjson.loads(line) for line in (tmp_path / "snapshot.jsonl").read_bytes().split()]
     assert {row["market_id"] for row in snapshot} == {"1.127236622", "1.185781277", "1.132153978"}
+
+
+def test_two_worker_processes_store_what_replay_stores(
+    betfair_dir: Path,
+    kafka_bootstrap: str,
+    kafka_topic,
+    fresh_database: str,
+    reference_database: str,
+) -> None:
+    """`-i/-a`: the topic's partitions are shared by two processes; one prints the summary."""
+    topic = _publish(kafka_topic, kafka_bootstrap, betfair_dir)
+    env = _env(kafka_bootstrap, topic, fresh_database, kafka_topic(partitions=1, prefix="dead"))
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    addresses = ";".join(f"127.0.0.1:{port}" for port in ports)
+    processes = [
+        _worker(env, "-i", str(i), "-a", addresses, "--exit-when-idle", "3") for i in range(2)
+    ]
+    outputs = [_finish(process) for process in processes]
+    for table in TABLES:
+        assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
+    collected = [text for text in outputs if "run summary" in text]
+    assert len(collected) == 1 and "24,176" in collected[0]
+    assert sum("printed by the process of this run that collected it" in t for t in outputs) == 1
 
 
 def test_kill_minus_nine_and_restart_resumes_exactly(
