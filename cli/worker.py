@@ -31,6 +31,7 @@ from connectors.kafka_io import (
 from connectors.postgres_sink import ConcurrentPostgresWriter
 from connectors.settings import get_settings
 from flows.market import build_market_flow
+from operators import native_core
 from sql.migrate import upgrade
 
 if TYPE_CHECKING:
@@ -101,10 +102,38 @@ def _scorer(args: argparse.Namespace, console: Console) -> LiveRaceScorer | None
     return scorer
 
 
+RECOVERY_OPERATORS_FILE = "operators.txt"
+"""In a recovery directory: which operators implementation wrote its market state."""
+
+
+def check_recovery_operators(recovery_dir: Path) -> None:
+    """Refuse to resume native processor state with the Python operators, or the reverse:
+    their snapshots are not interchangeable. A directory without the file is claimed."""
+    marker = recovery_dir / RECOVERY_OPERATORS_FILE
+    running = native_core.SELECTED.name
+    if not marker.exists():
+        marker.write_text(running + "\n")
+        return
+    written = marker.read_text().strip()
+    if written != running:
+        raise ValueError(
+            f"{recovery_dir} holds market state of the {written} operators, but this worker runs "
+            f"the {running} ones (VELO_NATIVE=0 selects python; native needs velo_native "
+            "installed): resume with the same ones, or start from an empty --recovery-dir"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     tune_gc_for_streaming()
     console = Console(stderr=True)
     settings = get_settings()
+    if args.recovery_dir is not None:
+        args.recovery_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            check_recovery_operators(args.recovery_dir)
+        except ValueError as error:
+            console.print(f"[red]velo worker: {error}[/red]")
+            return 2
     try:
         scorer = _scorer(args, console)
     except ScorerUnavailableError as error:
@@ -116,7 +145,6 @@ def run(args: argparse.Namespace) -> int:
     processes = len(addresses) if addresses else 1
     recovery = None
     if args.recovery_dir is not None:
-        args.recovery_dir.mkdir(parents=True, exist_ok=True)
         if not any(args.recovery_dir.glob("part-*.sqlite3")):
             init_db_dir(args.recovery_dir, max(1, args.workers) * processes)
         recovery = RecoveryConfig(str(args.recovery_dir))

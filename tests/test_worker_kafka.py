@@ -1,8 +1,10 @@
 """`velo worker` on real Kafka and real PostgreSQL.
 
 - the Kafka path stores exactly the rows `velo replay` stores for the same files;
+- two worker processes store what one does;
 - a worker killed with SIGKILL and restarted with its recovery directory ends in exactly the
-  state of an uninterrupted run (rows and end-of-run snapshot);
+  state of an uninterrupted run (rows and end-of-run snapshot), and a restart with the other
+  operators implementation is refused;
 - malformed messages go to the dead-letter topic and table, counted, and the worker goes on;
 - PostgreSQL stopping for a few seconds costs nothing: the sink retries with backoff.
 """
@@ -27,6 +29,7 @@ from cli.publish import publish_files
 from cli.replay import replay
 from connectors.database import create_scratch_database, drop_database, start_embedded_server
 from connectors.postgres_sink import count_rows, dump_table
+from operators import native_core
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FILES = ["1.127236622.bz2", "1.185781277.bz2", "BASIC-1.132153978"]
@@ -179,6 +182,13 @@ def test_kill_minus_nine_and_restart_resumes_exactly(
     expected = count_rows(reference_database)
     assert 0 < stored["runner_ticks"] < expected["runner_ticks"], "the kill must land mid-stream"
     assert 0 < stored["results"] < expected["results"], "one market, not all, must have closed"
+    if native_core.SELECTED.name == "native":
+        # The native state cannot be resumed by the Python operators: a clear refusal.
+        refused = _worker({**env, "VELO_NATIVE": "0"}, *common)
+        output, _ = refused.communicate(timeout=60)
+        assert refused.returncode == 2
+        assert "holds market state of the native" in " ".join(output.decode().split())
+        assert count_rows(fresh_database) == stored
     _finish(_worker(env, *common))
     for table in TABLES:
         assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
