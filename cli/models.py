@@ -162,7 +162,7 @@ def _walk_forward_settings(
                 f"{exc}; give --variant, --fundamental-l2, --combination-source and "
                 "--combination-l2, or a trained --model"
             ) from None
-        defaults = vars(WalkForwardSettings.of_version(version.metadata))
+        defaults = vars(WalkForwardSettings.of_version(version))
         given = {key: defaults[key] if value is None else value for key, value in given.items()}
     return WalkForwardSettings(**{k: v for k, v in given.items() if v is not None}), version
 

@@ -177,7 +177,7 @@ def ablation_table(version: ModelVersion, data: RaceSet, window: RaceSet) -> lis
                 variants=(version.model.design.variant,),
                 sources=(version.model.combination_source,),
                 with_online=False,
-                place_weights=tuple(version.metadata["stage1"].get("place_weights", (1.0,))),
+                place_weights=version.place_weights,
             )
             metrics = period_metrics(retrained.model, window.without_features(removed))
             row[f"{label}_fundamental_r2"] = metrics["fundamental_r2"]

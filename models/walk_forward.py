@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from models.search_space import COMBINATION_SOURCES, PLACE_WEIGHTS, VARIANTS
 from models.segments import FloatArray, RaceBlocks
 from models.training import Stage1Rows, fit_stage1, validation_folds
 from models.two_stage import fit_stage2
+
+if TYPE_CHECKING:
+    from models.registry import ModelVersion
 
 
 @dataclass(frozen=True)
@@ -51,15 +54,14 @@ class WalkForwardSettings:
             raise ValueError("place weights must be positive")
 
     @classmethod
-    def of_version(cls, metadata: Mapping[str, Any]) -> WalkForwardSettings:
-        stage1 = metadata["stage1"]
+    def of_version(cls, version: ModelVersion) -> WalkForwardSettings:
+        model = version.model
         return cls(
-            variant=stage1["variant"],
-            fundamental_l2=float(stage1["fundamental_l2"]),
-            combination_source=stage1["combination_source"],
-            combination_l2=float(stage1["combination_l2"]),
-            # Versions from before place weights were fitted on the win alone.
-            place_weights=tuple(stage1.get("place_weights", (1.0,))),
+            variant=model.design.variant,
+            fundamental_l2=model.fundamental_l2,
+            combination_source=model.combination_source,
+            combination_l2=model.combination_l2,
+            place_weights=version.place_weights,
         )
 
 

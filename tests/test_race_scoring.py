@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -43,8 +41,8 @@ from operators.race_scoring import RaceScoringState, definition_statuses
 from operators.racing_events import dump_event
 from operators.records import MarketRow, RunnerRow
 from operators.stream_messages import route_lines
+from tests.worker_process import PROJECT_ROOT, finish_worker, start_worker
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SEED = 5
 MARKETS = 4
 MESSAGES_PER_MARKET = 1500
@@ -413,36 +411,33 @@ def _worker_topics_and_env(
     return env, racecards, predictions
 
 
-WORKER = (sys.executable, "-m", "cli.main", "worker")
-
-
-def _run_worker(env: dict[str, str], *args: str) -> None:
-    """`velo worker ARGS` to its end; it must exit 0."""
-    done = subprocess.run(
-        [*WORKER, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+@pytest.fixture
+def reference_database(
+    day: tuple[Path, Path], scorer: LiveRaceScorer, scratch_database_factory
+) -> str:
+    """What `velo replay` stores for the day and its racecards: what every worker run must."""
+    stream, cards = day
+    url = scratch_database_factory()
+    replay([stream], url, racecards=cards, scorer=scorer)
+    return url
 
 
 def test_worker_scores_racecards_from_kafka(
     kafka_bootstrap: str,
     kafka_topic,
     fresh_database: str,
-    scratch_database_factory,
+    reference_database: str,
     day: tuple[Path, Path],
     model_dir: Path,
-    scorer: LiveRaceScorer,
 ) -> None:
-    stream, cards = day
     env, racecards, predictions = _worker_topics_and_env(
         kafka_bootstrap, kafka_topic, day, fresh_database
     )
-    _run_worker(env, "--workers", "2", "--exit-when-idle", "3", "--model", str(model_dir))
+    args = ("--workers", "2", "--exit-when-idle", "3", "--model", str(model_dir))
+    finish_worker(start_worker(env, *args), timeout=600)
 
-    reference = scratch_database_factory()
-    replay([stream], reference, racecards=cards, scorer=scorer)
     rows = _predictions(fresh_database)
-    assert rows and rows == _predictions(reference)
+    assert rows and rows == _predictions(reference_database)
 
     published = _consume(kafka_bootstrap, predictions, len(rows))
     decoded = sorted(
@@ -473,25 +468,21 @@ def test_scoring_worker_killed_and_restarted_stores_the_same_predictions(
     kafka_bootstrap: str,
     kafka_topic,
     fresh_database: str,
-    scratch_database_factory,
+    reference_database: str,
     day: tuple[Path, Path],
     model_dir: Path,
-    scorer: LiveRaceScorer,
     tmp_path: Path,
 ) -> None:
     """Exactly-once effects with scoring: kill -9 once some predictions are stored, restart
     from the recovery snapshots, and the tables equal an uninterrupted replay's."""
-    stream, cards = day
     env, _, _ = _worker_topics_and_env(kafka_bootstrap, kafka_topic, day, fresh_database)
     args = [
         *("--exit-when-idle", "3", "--model", str(model_dir)),
         *("--recovery-dir", str(tmp_path / "recovery"), "--snapshot-interval", "0.2"),
     ]
-    reference = scratch_database_factory()
-    replay([stream], reference, racecards=cards, scorer=scorer)
-    expected = _predictions(reference)
+    expected = _predictions(reference_database)
 
-    first = subprocess.Popen([*WORKER, *args], cwd=PROJECT_ROOT, env=env, stderr=subprocess.DEVNULL)
+    first = start_worker(env, *args)
     deadline = time.monotonic() + 180
     stored = 0
     while time.monotonic() < deadline and first.poll() is None:
@@ -506,7 +497,7 @@ def test_scoring_worker_killed_and_restarted_stores_the_same_predictions(
     first.wait(30)
     assert 0 < len(_predictions(fresh_database)) < len(expected), "the kill must land mid-stream"
 
-    _run_worker(env, *args)
+    finish_worker(start_worker(env, *args), timeout=600)
     assert _predictions(fresh_database) == expected
     for table in ("markets", "runners", "runner_ticks", "market_ticks", "window_aggregates"):
-        assert dump_table(fresh_database, table) == dump_table(reference, table), table
+        assert dump_table(fresh_database, table) == dump_table(reference_database, table), table

@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -30,22 +28,12 @@ from cli.replay import replay
 from connectors.database import create_scratch_database, drop_database, start_embedded_server
 from connectors.postgres_sink import count_rows, dump_table
 from operators import native_core
+from tests.worker_process import PROJECT_ROOT, finish_worker, start_worker
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FILES = ["1.127236622.bz2", "1.185781277.bz2", "BASIC-1.132153978"]
 TABLES = ("markets", "runners", "runner_ticks", "market_ticks", "window_aggregates", "results")
 
 pytestmark = [pytest.mark.integration, pytest.mark.data]
-
-
-def _worker(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "worker", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
 
 
 def _env(kafka_bootstrap: str, topic: str, database_url: str, dead_topic: str) -> dict[str, str]:
@@ -57,13 +45,6 @@ def _env(kafka_bootstrap: str, topic: str, database_url: str, dead_topic: str) -
         "VELO_TOPIC_DEAD_LETTERS": dead_topic,
         "DATABASE_URL": database_url,
     }
-
-
-def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    text = output.decode(errors="replace")
-    assert process.returncode == 0, text[-3000:]
-    return text
 
 
 def _stored_ticks(database_url: str) -> int:
@@ -102,8 +83,8 @@ def test_worker_from_kafka_equals_replay(
     topic = _publish(kafka_topic, kafka_bootstrap, betfair_dir)
     dead_topic = kafka_topic(partitions=1, prefix="dead")
     env = _env(kafka_bootstrap, topic, fresh_database, dead_topic)
-    _finish(
-        _worker(
+    finish_worker(
+        start_worker(
             env,
             "--workers",
             "2",
@@ -136,9 +117,9 @@ def test_two_worker_processes_store_what_replay_stores(
             ports.append(probe.getsockname()[1])
     addresses = ";".join(f"127.0.0.1:{port}" for port in ports)
     processes = [
-        _worker(env, "-i", str(i), "-a", addresses, "--exit-when-idle", "3") for i in range(2)
+        start_worker(env, "-i", str(i), "-a", addresses, "--exit-when-idle", "3") for i in range(2)
     ]
-    outputs = [_finish(process) for process in processes]
+    outputs = [finish_worker(process) for process in processes]
     for table in TABLES:
         assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
     collected = [text for text in outputs if "run summary" in text]
@@ -168,7 +149,7 @@ def test_kill_minus_nine_and_restart_resumes_exactly(
         "--snapshot-out",
         str(tmp_path / "snapshot.jsonl"),
     ]
-    first = _worker(env, *common)
+    first = start_worker(env, *common)
     deadline = time.monotonic() + 120
     # Kill once some, not all, ticks are stored and a market has closed: a closed market's
     # state leaves the worker, and its final books must still reach --snapshot-out.
@@ -184,12 +165,12 @@ def test_kill_minus_nine_and_restart_resumes_exactly(
     assert 0 < stored["results"] < expected["results"], "one market, not all, must have closed"
     if native_core.SELECTED.name == "native":
         # The native state cannot be resumed by the Python operators: a clear refusal.
-        refused = _worker({**env, "VELO_NATIVE": "0"}, *common)
+        refused = start_worker({**env, "VELO_NATIVE": "0"}, *common)
         output, _ = refused.communicate(timeout=60)
         assert refused.returncode == 2
         assert "holds market state of the native" in " ".join(output.decode().split())
         assert count_rows(fresh_database) == stored
-    _finish(_worker(env, *common))
+    finish_worker(start_worker(env, *common))
     for table in TABLES:
         assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
 
@@ -212,7 +193,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic(
         producer.produce(topic, key=b"1.999", value=value)
     assert producer.flush(10) == 0
     env = _env(kafka_bootstrap, topic, fresh_database, dead_topic)
-    _finish(_worker(env, "--exit-when-idle", "3"))
+    finish_worker(start_worker(env, "--exit-when-idle", "3"))
     for table in TABLES:
         assert dump_table(fresh_database, table) == dump_table(reference_database, table), table
     with psycopg.connect(fresh_database) as conn:
@@ -259,7 +240,9 @@ def test_worker_survives_postgresql_stopping(
     database = create_scratch_database(server.get_uri())
     topic = _publish(kafka_topic, kafka_bootstrap, betfair_dir)
     dead_topic = kafka_topic(partitions=1, prefix="dead")
-    worker = _worker(_env(kafka_bootstrap, topic, database, dead_topic), "--exit-when-idle", "15")
+    worker = start_worker(
+        _env(kafka_bootstrap, topic, database, dead_topic), "--exit-when-idle", "15"
+    )
     try:
         deadline = time.monotonic() + 120
         while _stored_ticks(database) == 0 and time.monotonic() < deadline:
@@ -284,7 +267,7 @@ def test_worker_survives_postgresql_stopping(
             pgdata=root / "pg",
             user=user,
         )
-        output = _finish(worker)
+        output = finish_worker(worker)
         for table in TABLES:
             assert dump_table(database, table) == dump_table(reference_database, table), table
         assert output  # the worker printed its summary
@@ -311,7 +294,7 @@ def test_worker_survives_a_kafka_broker_restart(
         pytest.skip("the broker on this port was not started by this checkout's velo services")
     topic = kafka_topic(partitions=4, prefix="mcm")
     dead_topic = kafka_topic(partitions=1, prefix="dead")
-    worker = _worker(
+    worker = start_worker(
         _env(kafka_bootstrap, topic, fresh_database, dead_topic), "--exit-when-idle", "30"
     )
     published: list = []
@@ -334,7 +317,7 @@ def test_worker_survives_a_kafka_broker_restart(
         kafka.up(120)
         publisher.join(300)
         assert published and published[0].delivery_failures == 0
-        _finish(worker)
+        finish_worker(worker)
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -61,6 +61,11 @@ class ModelVersion:
     def version(self) -> str:
         return str(self.metadata["version"])
 
+    @property
+    def place_weights(self) -> tuple[float, ...]:
+        """Stage 1's place weights; versions from before them were fitted on the win alone."""
+        return tuple(self.metadata["stage1"].get("place_weights", (1.0,)))
+
 
 def _params_document(model: TwoStageModel, online: OnlineResidualModel | None) -> dict[str, Any]:
     design = model.design
